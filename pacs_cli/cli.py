@@ -1,0 +1,116 @@
+"""The ``pacs`` root group: global options, lazy subcommands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from pacs_cli import __version__, config, logs
+from pacs_cli.errors import EXIT_INTERRUPTED, PacsError
+
+# name -> "module:attribute"; modules import nothing heavy at top level so `pacs --help` stays fast.
+COMMANDS = {
+    "echo": "pacs_cli.commands.echo:echo",
+    "dump": "pacs_cli.commands.dump:dump",
+}
+ALIASES: dict[str, str] = {}
+
+log = logging.getLogger("pacs_cli")
+
+
+@dataclass
+class State:
+    """What the root group hands every subcommand through ``ctx.obj``."""
+
+    verbose: int
+    quiet: bool
+    config: config.Config
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (or its help is asked for)."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(ALIASES.get(name, name))
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def main(self, args=None, prog_name=None, **extra):
+        """Run, then turn every outcome into an exit code and at most one line on stderr."""
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(encoding="utf-8", errors="replace")
+        extra["standalone_mode"] = False
+        try:
+            result = super().main(args=args, prog_name=prog_name, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            code = EXIT_INTERRUPTED
+        except PacsError as exc:
+            _report(exc)
+            code = exc.exit_code
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            _report(exc, unexpected=True)
+            code = 1
+        sys.exit(code)
+
+    def format_commands(self, ctx, formatter):
+        """List commands without importing each one: the first docstring line is all we need."""
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=70)) for name in self.list_commands(ctx)]
+        aliases = [(alias, f"Alias of {target}.") for alias, target in sorted(ALIASES.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows + aliases)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="pacs")
+@click.option("-v", "--verbose", count=True, help="More output: -v info, -vv debug with pynetdicom's log.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="PACS_CONFIG", show_envvar=True,
+              help="TOML config file (default: ~/.config/pacs/config.toml).")
+@click.pass_context
+def cli(ctx, verbose, quiet, config_path):
+    """DICOM networking tools: send, receive, query and retrieve, worklist and MPPS.
+
+    \b
+    Exit codes:
+      0  success
+      1  the operation ran but something failed (a non-success status, a file not sent)
+      2  usage error
+      3  could not connect, association rejected or aborted, or timed out
+      130 interrupted
+    """
+    logs.configure(verbose, quiet)
+    cfg = config.load(config_path, COMMANDS, explicit=config_path is not None)
+    ctx.obj = State(verbose=verbose, quiet=quiet, config=cfg)
+    ctx.default_map = cfg.default_map([*COMMANDS, *ALIASES])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="pacs")
+
+
+def _report(exc: Exception, unexpected: bool = False) -> None:
+    verbose = logging.getLogger("pacs_cli").getEffectiveLevel() <= logging.DEBUG
+    if verbose:
+        log.debug("traceback:", exc_info=exc)
+    if unexpected:
+        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (run with -vv for the traceback)", err=True)
+    else:
+        click.echo(f"Error: {exc}", err=True)

@@ -1,0 +1,183 @@
+"""Option bundles shared by the commands: each hands the command one dataclass.
+
+Names follow pynetdicom's apps with DCMTK's short aliases (``-aet``, ``-aec``, ``-to``, ``-ta``,
+``-td``, ``-tn``, ``-pdu``), so people type what they already know. Every option can also come
+from a ``PACS_*`` environment variable and from the config file.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from pacs_cli.errors import UsageError
+
+DEFAULT_MAX_PDU = 262144  # 256 KiB: large enough to stream, small enough to bound memory
+MIN_PDU, MAX_PDU = 4096, 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; ``connect`` covers TCP connect and TLS handshake, ``network`` an idle association."""
+
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 120.0
+    network: float = 300.0
+
+
+@dataclass(frozen=True)
+class TLS:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    ae_title: str
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Everything an SCU needs to open an association."""
+
+    peer: Peer
+    calling_aet: str
+    timeouts: Timeouts
+    max_pdu: int
+    tls: TLS | None
+
+
+def validate_ae_title(value: str) -> str:
+    """PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash or control characters."""
+    title = value.strip()
+    if not title:
+        raise UsageError("an AE title cannot be empty or all spaces")
+    if len(title) > 16:
+        raise UsageError(f"AE title {value!r} is longer than 16 characters")
+    if any(ch == "\\" or not 0x20 <= ord(ch) < 0x7F for ch in title):
+        raise UsageError(f"AE title {value!r} may hold only printable ASCII and no backslash")
+    return title
+
+
+class AETitle(click.ParamType):
+    name = "AETITLE"
+
+    def convert(self, value, param, ctx):
+        try:
+            return validate_ae_title(str(value))
+        except UsageError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+AE_TITLE = AETitle()
+SECONDS = click.FloatRange(min=0.1)
+
+
+def _timeout_options(defaults: Timeouts):
+    return [
+        click.option("-to", "--connection-timeout", type=SECONDS, default=defaults.connect,
+                     show_default=True, envvar="PACS_CONNECTION_TIMEOUT", show_envvar=True,
+                     help="Seconds to wait for the TCP connection and TLS handshake."),
+        click.option("-ta", "--acse-timeout", type=SECONDS, default=defaults.acse,
+                     show_default=True, envvar="PACS_ACSE_TIMEOUT", show_envvar=True,
+                     help="Seconds to wait for association negotiation and release."),
+        click.option("-td", "--dimse-timeout", type=SECONDS, default=defaults.dimse,
+                     show_default=True, envvar="PACS_DIMSE_TIMEOUT", show_envvar=True,
+                     help="Seconds to wait for each DIMSE response (retrieves send one per sub-operation)."),
+        click.option("-tn", "--network-timeout", type=SECONDS, default=defaults.network,
+                     show_default=True, envvar="PACS_NETWORK_TIMEOUT", show_envvar=True,
+                     help="Seconds an association may stay silent before it is aborted."),
+    ]
+
+
+def _tls_options():
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+    return [
+        click.option("--tls-cert", type=path, envvar="PACS_TLS_CERT", show_envvar=True,
+                     help="Our certificate (PEM); with --tls-key, for mutual TLS."),
+        click.option("--tls-key", type=path, envvar="PACS_TLS_KEY", show_envvar=True,
+                     help="The private key of --tls-cert (PEM)."),
+        click.option("--tls-ca", type=path, envvar="PACS_TLS_CA", show_envvar=True,
+                     help="CA certificates (PEM) to verify the peer with."),
+        click.option("--tls", "use_tls", is_flag=True, envvar="PACS_TLS", show_envvar=True,
+                     help="Use TLS (implied by any --tls-* option); system CAs unless --tls-ca."),
+    ]
+
+
+def _pdu_option():
+    return click.option("-pdu", "--max-pdu", type=click.IntRange(MIN_PDU, MAX_PDU),
+                        default=DEFAULT_MAX_PDU, show_default=True, envvar="PACS_MAX_PDU",
+                        show_envvar=True, help="Largest PDU we accept, in bytes.")
+
+
+def _apply(func, decorators):
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def connection_options(defaults: Timeouts = Timeouts()):
+    """Add HOST PORT / --peer, AE titles, timeouts, max PDU and TLS; pass ``connection``."""
+
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, host, port, peer, calling_aet, called_aet, connection_timeout,
+                    acse_timeout, dimse_timeout, network_timeout, max_pdu, tls_cert, tls_key,
+                    tls_ca, use_tls, **kwargs):
+            ctx = click.get_current_context()
+            timeouts = Timeouts(connection_timeout, acse_timeout, dimse_timeout, network_timeout)
+            tls = TLS(tls_cert, tls_key, tls_ca) if use_tls or tls_cert or tls_key or tls_ca else None
+            kwargs["connection"] = _resolve(ctx, host, port, peer, calling_aet, called_aet,
+                                            timeouts, max_pdu, tls)
+            return func(*args, **kwargs)
+
+        return _apply(wrapper, [
+            click.argument("host", required=False),
+            click.argument("port", required=False, type=click.IntRange(1, 65535)),
+            click.option("--peer", metavar="NAME", envvar="PACS_PEER", show_envvar=True,
+                         help="A peer named in the config file, in place of HOST PORT."),
+            click.option("-aet", "--calling-aet", type=AE_TITLE, default="PACS", show_default=True,
+                         envvar="PACS_CALLING_AET", show_envvar=True, help="Our AE title."),
+            click.option("-aec", "--called-aet", type=AE_TITLE, default="ANY-SCP", show_default=True,
+                         envvar="PACS_CALLED_AET", show_envvar=True,
+                         help="The peer's AE title (default: the --peer's, else ANY-SCP)."),
+            *_timeout_options(defaults),
+            _pdu_option(),
+            *_tls_options(),
+        ])
+
+    return decorator
+
+
+def _resolve(ctx, host, port, peer_name, calling_aet, called_aet, timeouts, max_pdu, tls):
+    """Combine HOST PORT or --peer with the options; -aec given as option or env beats the peer's title."""
+    if peer_name:
+        if host or port:
+            raise click.UsageError("give either HOST PORT or --peer, not both", ctx)
+        entry = ctx.find_root().obj.config.peer(peer_name)
+        if not _given_explicitly(ctx, "called_aet"):
+            called_aet = validate_ae_title(entry.ae_title)
+        host, port = entry.host, entry.port
+        if tls is None and (entry.tls or entry.tls_ca or entry.tls_cert):
+            tls = TLS(*(Path(p) if p else None for p in (entry.tls_cert, entry.tls_key, entry.tls_ca)))
+    elif not host or not port:
+        raise click.UsageError("missing HOST and PORT (or --peer NAME)", ctx)
+    if tls and bool(tls.cert) != bool(tls.key):
+        raise click.UsageError("--tls-cert and --tls-key go together", ctx)
+    return Connection(Peer(host, port, called_aet), calling_aet, timeouts, max_pdu, tls)
+
+
+def _given_explicitly(ctx, name: str) -> bool:
+    """True when the user typed the option or set its environment variable."""
+    source = ctx.get_parameter_source(name)
+    return source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
