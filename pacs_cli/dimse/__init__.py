@@ -1,0 +1,1 @@
+"""The association/DIMSE core over pynetdicom. Never imports click or rich."""
