@@ -5,6 +5,7 @@ No test touches a real config file or archive: HOME and XDG_CONFIG_HOME point at
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -30,9 +31,22 @@ def isolated_home(tmp_path, monkeypatch):
     return home
 
 
+@functools.cache
+def _find_dcmtk(name: str) -> str | None:
+    """pynetdicom installs console scripts with DCMTK's names (storescu, ...): pick DCMTK's own."""
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which(name, path=directory)
+        if candidate is None:
+            continue
+        version = subprocess.run([candidate, "--version"], capture_output=True, text=True, timeout=10)
+        if "dcmtk" in version.stdout.lower():
+            return candidate
+    return None
+
+
 def dcmtk_binary(name: str) -> str:
     """Path of a DCMTK tool; skip without it on a laptop, fail in CI where .ci/run installs it."""
-    path = shutil.which(name)
+    path = _find_dcmtk(name)
     if path is None:
         message = f"DCMTK's {name} is not installed (apt-get install dcmtk)"
         if IN_CI:
