@@ -1,0 +1,506 @@
+"""The archive's SQLite index: schema, numbered migrations, and every SQL statement the archive runs.
+
+Nothing else in ``pacs_cli/archive`` writes SQL. Table and column names come only from
+:mod:`pacs_cli.archive.schema` (our constants); every value is a bound parameter.
+
+Connections
+    One per thread (``threading.local``), never shared: WAL journal, a 30 s busy timeout, foreign
+    keys on. A thread's connection is closed when the thread ends (the thread-local is dropped), so
+    short-lived association threads do not leak file descriptors; :meth:`Index.close` closes the rest.
+
+Writes
+    :meth:`Index.write` runs ``BEGIN IMMEDIATE`` ... ``COMMIT``: one writer at a time across threads
+    *and* processes (storescp and ``pacs index`` may share an index), and the duplicate check made
+    inside it cannot be overtaken by another writer. Before committing, the :class:`Writer` prunes
+    series, studies and patients left without children and recomputes the derived columns
+    (ModalitiesInStudy, the Number Of ... Related ... counts) of every row it touched, so they are
+    consistent whenever a reader sees them.
+
+Migrations
+    Functions named ``mNNN_description``, applied in order and recorded in ``_pacs_migrations``
+    (the pattern of simonw/llm's migrations.py), all inside one ``BEGIN IMMEDIATE`` so two processes
+    creating the same index at once cannot both apply one. Never edit an applied migration: add one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from pacs_cli.archive import schema
+from pacs_cli.archive.schema import IMAGE, PATIENT, SERIES, STUDY
+
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another (a `pacs index` batch, another process)
+MIGRATIONS_TABLE = "_pacs_migrations"
+MAX_PARAMS = 500  # values per IN (...) list, well under SQLite's limit
+
+_ALIASES = {PATIENT: "p", STUDY: "st", SERIES: "se", IMAGE: "i"}
+_FROM_ALL = ("instances i JOIN series se ON i.series_pk = se.pk "
+             "JOIN studies st ON se.study_pk = st.pk JOIN patients p ON st.patient_pk = p.pk")
+_SELECT_ALL = ", ".join(
+    [f"{_ALIASES[c.level]}.{c.column}" for c in schema.COLUMNS]
+    + [f"i.{name}" for name in schema.FILE_COLUMNS]
+    + ["i.pk AS instance_pk", "se.pk AS series_pk", "st.pk AS study_pk", "p.pk AS patient_pk"]
+)
+_UID_WHERE = {IMAGE: "i.sop_instance_uid = ?", SERIES: "se.series_instance_uid = ?",
+              STUDY: "st.study_instance_uid = ?"}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# Migrations
+
+
+MIGRATIONS: list = []
+migration = MIGRATIONS.append
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the pending migrations in one write transaction.
+
+    Needs sqlite-utils >= 4.0: from 4.0 ``table.create()`` and friends use savepoints inside an open
+    transaction (``db.atomic()``, sqlite-utils #755); 3.x would commit ours half way through.
+    """
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not db[MIGRATIONS_TABLE].exists():
+            db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
+        applied = {row["name"] for row in db.query(f"SELECT name FROM {MIGRATIONS_TABLE}")}
+        for fn in MIGRATIONS:
+            if fn.__name__ not in applied:
+                fn(db)
+                conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
+                             (fn.__name__, _now()))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _create(db, table: str, columns: dict, foreign_key: tuple | None = None) -> None:
+    """A table whose text columns default to '' and counts to 0, all NOT NULL (see schema.py)."""
+    db[table].create(
+        {"pk": int, **columns}, pk="pk",
+        not_null=set(columns),
+        defaults={name: ("" if kind is str else 0) for name, kind in columns.items()},
+        foreign_keys=[foreign_key] if foreign_key else None,
+    )
+
+
+@migration
+def m001_initial(db):
+    _create(db, "patients", {
+        "patient_id": str, "issuer_of_patient_id": str, "patient_name": str, "patient_name_norm": str,
+        "patient_birth_date": str, "patient_sex": str,
+        "number_of_patient_related_studies": int, "number_of_patient_related_series": int,
+        "number_of_patient_related_instances": int, "updated_at": str,
+    })
+    _create(db, "studies", {
+        "patient_pk": int, "study_instance_uid": str, "study_date": str, "study_time": str,
+        "accession_number": str, "study_id": str, "referring_physician_name": str,
+        "referring_physician_name_norm": str, "study_description": str, "modalities_in_study": str,
+        "sop_classes_in_study": str, "number_of_study_related_series": int,
+        "number_of_study_related_instances": int, "updated_at": str,
+    }, ("patient_pk", "patients", "pk"))
+    _create(db, "series", {
+        "study_pk": int, "series_instance_uid": str, "modality": str, "series_number": str,
+        "series_description": str, "body_part_examined": str, "series_date": str, "series_time": str,
+        "number_of_series_related_instances": int, "updated_at": str,
+    }, ("study_pk", "studies", "pk"))
+    _create(db, "instances", {
+        "series_pk": int, "sop_instance_uid": str, "sop_class_uid": str, "instance_number": str,
+        "specific_character_set": str, "transfer_syntax_uid": str,
+        "path": str, "size": int, "mtime_ns": int, "received_at": str, "calling_aet": str, "source": str,
+    }, ("series_pk", "series", "pk"))
+    for table, columns, unique in [
+        ("patients", ["patient_id", "issuer_of_patient_id"], True),
+        ("patients", ["patient_name"], False),
+        ("patients", ["patient_name_norm"], False),
+        ("studies", ["study_instance_uid"], True),
+        ("studies", ["patient_pk"], False),
+        ("studies", ["study_date"], False),
+        ("studies", ["accession_number"], False),
+        ("series", ["series_instance_uid"], True),
+        ("series", ["study_pk"], False),
+        ("series", ["modality"], False),
+        ("instances", ["sop_instance_uid"], True),
+        ("instances", ["series_pk"], False),
+        ("instances", ["path"], True),  # two rows can never claim one file
+        ("instances", ["sop_class_uid"], False),
+    ]:
+        db[table].create_index(columns, unique=unique)
+
+
+# --------------------------------------------------------------------------------------------
+# The index
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the instances row says about the file itself."""
+
+    path: str  # relative to the archive root when inside it ('/' separators), else absolute
+    size: int
+    mtime_ns: int
+    calling_aet: str = ""
+    source: str = "store"  # "store" (received by the SCP) or "index" (found by `pacs index`)
+
+
+class Index:
+    """The SQLite index of one archive, safe to use from many threads (one connection each)."""
+
+    def __init__(self, path: Path, synchronous: str = "NORMAL"):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._open: weakref.WeakSet = weakref.WeakSet()
+        self._guard = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: Path, synchronous: str = "NORMAL") -> Index:
+        """Open (creating if needed) the index at ``path``, in WAL mode, migrated to the latest schema."""
+        index = cls(path, synchronous)
+        db = index.db
+        db.conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
+        migrate(db)
+        return index
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"the index {self.path} is closed")
+            db = self._connect()
+            self._local.db = db
+            with self._guard:
+                self._open.add(db)
+        return db
+
+    def _connect(self) -> sqlite_utils.Database:
+        # check_same_thread=False only so close() may close connections of finished threads;
+        # each connection is still used by one thread only.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")  # one of two constants
+            return sqlite_utils.Database(conn, execute_plugins=False)
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close every connection still open; later use raises."""
+        self._closed = True
+        with self._guard:
+            databases = list(self._open)
+            self._open.clear()
+        for db in databases:
+            db.close()
+        self._local = threading.local()
+
+    def open_connections(self) -> int:
+        """How many connections are open (threads that ended have closed theirs)."""
+        with self._guard:
+            return len(self._open)
+
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One write transaction (BEGIN IMMEDIATE); derived columns settled before COMMIT."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        writer = Writer(conn)
+        try:
+            yield writer
+            writer.settle()
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def instance(self, sop_instance_uid: str) -> dict | None:
+        """Everything the index knows about one instance, all levels joined; None if unknown."""
+        return _instance(self.db.conn, sop_instance_uid)
+
+    def level_of(self, uid: str) -> str | None:
+        """IMAGE, SERIES or STUDY when some row has ``uid`` as its unique key."""
+        return _level_of(self.db.conn, uid)
+
+    def file_states(self, paths: list[str]) -> dict[str, tuple[int, int, str]]:
+        """For indexed ``paths``: (size, mtime_ns, sop_instance_uid), for incremental indexing."""
+        states = {}
+        for chunk in _chunks(paths, MAX_PARAMS):
+            marks = ", ".join("?" * len(chunk))
+            for path, size, mtime_ns, uid in self.db.conn.execute(
+                    f"SELECT path, size, mtime_ns, sop_instance_uid FROM instances WHERE path IN ({marks})",
+                    chunk):
+                states[path] = (size, mtime_ns, uid)
+        return states
+
+    def files(self) -> Iterator[tuple[str, str, int, int]]:
+        """Every instance as (sop_instance_uid, path, size, mtime_ns), streamed."""
+        yield from self.db.conn.execute(
+            "SELECT sop_instance_uid, path, size, mtime_ns FROM instances ORDER BY pk")
+
+    def stats(self) -> dict:
+        """Counts per level, bytes, and instances per modality and per SOP class."""
+        conn = self.db.conn
+        counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                  for table in schema.TABLES.values()}
+        total = conn.execute("SELECT coalesce(sum(size), 0) FROM instances").fetchone()[0]
+        modalities = conn.execute(
+            "SELECT se.modality, count(DISTINCT se.pk), count(i.pk), coalesce(sum(i.size), 0) "
+            "FROM series se JOIN instances i ON i.series_pk = se.pk GROUP BY se.modality ORDER BY se.modality"
+        ).fetchall()
+        sop_classes = conn.execute(
+            "SELECT sop_class_uid, count(*), coalesce(sum(size), 0) FROM instances "
+            "GROUP BY sop_class_uid ORDER BY count(*) DESC, sop_class_uid").fetchall()
+        return {
+            **counts,
+            "bytes": total,
+            "modalities": [dict(zip(("modality", "series", "instances", "bytes"), row)) for row in modalities],
+            "sop_classes": [dict(zip(("sop_class_uid", "instances", "bytes"), row)) for row in sop_classes],
+        }
+
+    def migrations(self) -> list[str]:
+        """Names of the applied migrations, in order."""
+        return [row[0] for row in self.db.conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY rowid")]
+
+
+def _instance(conn, sop_instance_uid: str) -> dict | None:
+    cursor = conn.execute(f"SELECT {_SELECT_ALL} FROM {_FROM_ALL} WHERE i.sop_instance_uid = ?",
+                          (sop_instance_uid,))
+    row = cursor.fetchone()
+    return dict(zip((d[0] for d in cursor.description), row)) if row else None
+
+
+def _level_of(conn, uid: str) -> str | None:
+    for level in (IMAGE, SERIES, STUDY):
+        key = schema.UNIQUE_KEYS[level]
+        if conn.execute(f"SELECT 1 FROM {key.table} WHERE {key.column} = ?", (uid,)).fetchone():
+            return level
+    return None
+
+
+def _rollback(conn) -> None:
+    """Roll back if a transaction is open; never mask the exception being handled."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+class Writer:
+    """The statements of one write transaction; remembers which rows need their derived columns redone."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._series: set[int] = set()
+        self._studies: set[int] = set()
+        self._patients: set[int] = set()
+
+    def instance(self, sop_instance_uid: str) -> dict | None:
+        return _instance(self.conn, sop_instance_uid)
+
+    def level_of(self, uid: str) -> str | None:
+        return _level_of(self.conn, uid)
+
+    def owner_of_path(self, path: str) -> str | None:
+        """The SOP Instance UID of the row that claims ``path``, if any."""
+        row = self.conn.execute("SELECT sop_instance_uid FROM instances WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, values: Mapping[str, str], file: FileInfo) -> None:
+        """Insert or update the instance and its series, study and patient (one set of statements).
+
+        At the patient, study and series levels a non-empty new value replaces the stored one and an
+        empty one keeps it; the instance row is replaced whole. A study (series) whose new instance
+        names another patient (study) moves there, and the old parent is settled.
+        """
+        patient_pk = self._upsert(PATIENT, values, None, None)
+        study_pk = self._upsert(STUDY, values, "patient_pk", patient_pk)
+        series_pk = self._upsert(SERIES, values, "study_pk", study_pk)
+        self._upsert_instance(values, file, series_pk)
+        self._series.add(series_pk)
+        self._studies.add(study_pk)
+        self._patients.add(patient_pk)
+
+    def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None) -> int:
+        table = schema.TABLES[level]
+        keys = [c for c in schema.columns_of(level, "dataset") if c.key == "U"]
+        if level == PATIENT:
+            keys.append(schema.BY_KEYWORD["IssuerOfPatientID"])
+        where = " AND ".join(f"{c.column} = ?" for c in keys)
+        key_values = [values.get(c.keyword, "") for c in keys]
+        columns = _value_columns(level, values)
+        if parent_column:
+            columns[parent_column] = parent_pk
+        columns["updated_at"] = _now()
+        row = self.conn.execute(f"SELECT pk{', ' + parent_column if parent_column else ''} FROM {table} "
+                                f"WHERE {where}", key_values).fetchone()
+        if row is None:
+            names = list(columns)
+            return self.conn.execute(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING pk",
+                [columns[n] for n in names]).fetchone()[0]
+        if parent_column and row[1] != parent_pk:
+            self._touch_parent(level, row[1])
+        fixed = {parent_column, "updated_at"}
+        assignments = ", ".join(f"{n} = ?" if n in fixed else f"{n} = coalesce(nullif(?, ''), {n})"
+                                for n in columns)
+        self.conn.execute(f"UPDATE {table} SET {assignments} WHERE pk = ?", [*columns.values(), row[0]])
+        return row[0]
+
+    def _upsert_instance(self, values, file: FileInfo, series_pk: int) -> None:
+        columns = _value_columns(IMAGE, values)
+        columns.update(series_pk=series_pk, path=file.path, size=file.size, mtime_ns=file.mtime_ns,
+                       received_at=_now(), calling_aet=file.calling_aet, source=file.source)
+        old = self.conn.execute("SELECT pk, series_pk FROM instances WHERE sop_instance_uid = ?",
+                                (columns["sop_instance_uid"],)).fetchone()
+        names = list(columns)
+        if old is None:
+            self.conn.execute(f"INSERT INTO instances ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                              [columns[n] for n in names])
+            return
+        if old[1] != series_pk:
+            self._touch_parent(IMAGE, old[1])
+        self.conn.execute(f"UPDATE instances SET {', '.join(f'{n} = ?' for n in names)} WHERE pk = ?",
+                          [*columns.values(), old[0]])
+
+    def _touch_parent(self, level: str, parent_pk: int) -> None:
+        """Remember the former parent of a moved row, and its ancestors, for settle()."""
+        if level == IMAGE:
+            self._touch_series(parent_pk)
+        elif level == SERIES:
+            self._touch_study(parent_pk)
+        elif level == STUDY:
+            self._patients.add(parent_pk)
+
+    def _touch_series(self, series_pk: int) -> None:
+        self._series.add(series_pk)
+        row = self.conn.execute("SELECT study_pk FROM series WHERE pk = ?", (series_pk,)).fetchone()
+        if row:
+            self._touch_study(row[0])
+
+    def _touch_study(self, study_pk: int) -> None:
+        self._studies.add(study_pk)
+        row = self.conn.execute("SELECT patient_pk FROM studies WHERE pk = ?", (study_pk,)).fetchone()
+        if row:
+            self._patients.add(row[0])
+
+    def delete(self, uid: str, level: str) -> list[tuple[str, str]]:
+        """Delete every instance at or below ``uid`` (IMAGE, SERIES or STUDY); return (uid, path) of each."""
+        rows = self.conn.execute(
+            f"SELECT i.pk, i.sop_instance_uid, i.path, i.series_pk FROM {_FROM_ALL} WHERE {_UID_WHERE[level]}",
+            (uid,)).fetchall()
+        for chunk in _chunks([r[0] for r in rows], MAX_PARAMS):
+            self.conn.execute(f"DELETE FROM instances WHERE pk IN ({', '.join('?' * len(chunk))})", chunk)
+        for series_pk in {r[3] for r in rows}:
+            self._touch_series(series_pk)
+        return [(r[1], r[2]) for r in rows]
+
+    def delete_instance(self, sop_instance_uid: str) -> None:
+        self.delete(sop_instance_uid, IMAGE)
+
+    def settle(self) -> None:
+        """Drop parents left empty, then recompute derived columns of the rows still there."""
+        for pk in list(self._series):
+            if not self._exists("instances", "series_pk", pk):
+                self.conn.execute("DELETE FROM series WHERE pk = ?", (pk,))
+                self._series.discard(pk)
+        for pk in list(self._studies):
+            if not self._exists("series", "study_pk", pk):
+                self.conn.execute("DELETE FROM studies WHERE pk = ?", (pk,))
+                self._studies.discard(pk)
+        for pk in list(self._patients):
+            if not self._exists("studies", "patient_pk", pk):
+                self.conn.execute("DELETE FROM patients WHERE pk = ?", (pk,))
+                self._patients.discard(pk)
+        for pk in self._series:
+            self._refresh_series(pk)
+        for pk in self._studies:
+            self._refresh_study(pk)
+        for pk in self._patients:
+            self._refresh_patient(pk)
+        self._series.clear()
+        self._studies.clear()
+        self._patients.clear()
+
+    def settle_all(self) -> None:
+        """Settle every row: used by repair, after files were removed behind the index's back."""
+        for table, target in (("series", self._series), ("studies", self._studies), ("patients", self._patients)):
+            target.update(pk for (pk,) in self.conn.execute(f"SELECT pk FROM {table}"))
+        self.settle()
+
+    def _exists(self, table: str, column: str, pk: int) -> bool:
+        return self.conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (pk,)).fetchone() is not None
+
+    def _refresh_series(self, pk: int) -> None:
+        self.conn.execute(
+            "UPDATE series SET number_of_series_related_instances = "
+            "(SELECT count(*) FROM instances WHERE series_pk = ?) WHERE pk = ?", (pk, pk))
+
+    def _refresh_study(self, pk: int) -> None:
+        modalities = [m for (m,) in self.conn.execute(
+            "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality != ''", (pk,))]
+        classes = [c for (c,) in self.conn.execute(
+            "SELECT DISTINCT i.sop_class_uid FROM instances i JOIN series se ON i.series_pk = se.pk "
+            "WHERE se.study_pk = ? AND i.sop_class_uid != ''", (pk,))]
+        self.conn.execute(
+            "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ?, "
+            "number_of_study_related_series = (SELECT count(*) FROM series WHERE study_pk = ?), "
+            "number_of_study_related_instances = (SELECT count(*) FROM instances i "
+            "  JOIN series se ON i.series_pk = se.pk WHERE se.study_pk = ?) WHERE pk = ?",
+            ("\\".join(sorted(modalities)), "\\".join(sorted(classes)), pk, pk, pk))
+
+    def _refresh_patient(self, pk: int) -> None:
+        self.conn.execute(
+            "UPDATE patients SET "
+            "number_of_patient_related_studies = (SELECT count(*) FROM studies WHERE patient_pk = ?), "
+            "number_of_patient_related_series = (SELECT count(*) FROM series se "
+            "  JOIN studies st ON se.study_pk = st.pk WHERE st.patient_pk = ?), "
+            "number_of_patient_related_instances = (SELECT count(*) FROM instances i "
+            "  JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk "
+            "  WHERE st.patient_pk = ?) WHERE pk = ?", (pk, pk, pk, pk))
+
+
+def _value_columns(level: str, values: Mapping[str, str]) -> dict:
+    """column -> value for one level's columns read from the file, PN columns with their _norm twin."""
+    columns = {}
+    for column in schema.COLUMNS:
+        if column.level != level or column.source == "derived":
+            continue
+        value = values.get(column.keyword, "") or ""
+        columns[column.column] = value
+        if column.norm_column:
+            columns[column.norm_column] = schema.normalise_pn(value)
+    return columns
