@@ -17,6 +17,8 @@ from pacs_cli.errors import EXIT_INTERRUPTED, PacsError
 COMMANDS = {
     "echo": "pacs_cli.commands.echo:echo",
     "dump": "pacs_cli.commands.dump:dump",
+    "index": "pacs_cli.commands.index:index",
+    "storescp": "pacs_cli.commands.storescp:storescp",
 }
 ALIASES: dict[str, str] = {}
 
@@ -43,7 +45,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attribute = target.split(":")
-        return getattr(importlib.import_module(module), attribute)
+        return _with_verbosity(getattr(importlib.import_module(module), attribute))
 
     def main(self, args=None, prog_name=None, **extra):
         """Run, then turn every outcome into an exit code and at most one line on stderr."""
@@ -99,6 +101,28 @@ def cli(ctx, verbose, quiet, config_path):
     cfg = config.load(config_path, COMMANDS, explicit=config_path is not None)
     ctx.obj = State(verbose=verbose, quiet=quiet, config=cfg)
     ctx.default_map = cfg.default_map([*COMMANDS, *ALIASES])
+
+
+def _raise_verbosity(ctx, param, value):
+    """-v/-q after the subcommand too (`pacs storescp -v`), as DCMTK users type them."""
+    if value:
+        state = ctx.find_root().obj
+        if param.name == "verbose":
+            state.verbose += value
+        else:
+            state.quiet = True
+        logs.configure(state.verbose, state.quiet)
+
+
+def _with_verbosity(command: click.Command) -> click.Command:
+    if not any(param.name == "verbose" for param in command.params):
+        command.params += [
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_raise_verbosity,
+                         help="More output: -v info, -vv debug (also before the command)."),
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_raise_verbosity,
+                         help="Errors only (also before the command)."),
+        ]
+    return command
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from a ``PACS_*`` environment variable and from the config file.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,36 @@ class Connection:
     timeouts: Timeouts
     max_pdu: int
     tls: TLS | None
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may associate with an SCP. Empty tuples mean 'anyone'."""
+
+    called_aets: tuple[str, ...] = ()
+    calling_aets: tuple[str, ...] = ()
+    networks: tuple = ()
+    fault_reject: str | None = None  # "permanent" or "transient": reject every association
+
+    def allows_address(self, host: str) -> bool:
+        if not self.networks:
+            return True
+        address = ipaddress.ip_address(host.split("%")[0])
+        return any(address in network for network in self.networks)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Everything an SCP needs to listen."""
+
+    host: str
+    port: int
+    ae_title: str
+    timeouts: Timeouts
+    max_pdu: int
+    max_associations: int
+    policy: AccessPolicy = AccessPolicy()
+    tls: TLS | None = None
 
 
 def validate_ae_title(value: str) -> str:
@@ -181,3 +212,80 @@ def _given_explicitly(ctx, name: str) -> bool:
     """True when the user typed the option or set its environment variable."""
     source = ctx.get_parameter_source(name)
     return source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+class Network(click.ParamType):
+    name = "NETWORK"
+
+    def convert(self, value, param, ctx):
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            self.fail(f"{value!r} is not an IP address or network (e.g. 10.0.0.0/8)", param, ctx)
+
+
+def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
+    """Options every SCP shares: where to listen, who may connect, timeouts, TLS; pass ``listener``."""
+
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, host, port, ae_title, connection_timeout, acse_timeout, dimse_timeout,
+                    network_timeout, max_pdu, tls_cert, tls_key, tls_ca, use_tls, max_associations,
+                    accept_called_aet, allow_calling_aet, allow_ip, fault_reject, **kwargs):
+            timeouts = Timeouts(connection_timeout, acse_timeout, dimse_timeout, network_timeout)
+            tls = TLS(tls_cert, tls_key, tls_ca) if use_tls or tls_cert or tls_key or tls_ca else None
+            policy = AccessPolicy(tuple(accept_called_aet), tuple(allow_calling_aet), tuple(allow_ip),
+                                  fault_reject)
+            kwargs["listener"] = Listener(host, port, ae_title, timeouts, max_pdu, max_associations, policy, tls)
+            return func(*args, **kwargs)
+
+        return _apply(wrapper, [
+            click.option("--host", default="0.0.0.0", show_default=True, envvar="PACS_LISTEN_HOST",
+                         show_envvar=True, help="Address to listen on."),
+            click.option("-p", "--port", type=click.IntRange(0, 65535), default=default_port,
+                         show_default=True, envvar="PACS_PORT", show_envvar=True,
+                         help="Port to listen on; 0 picks a free port and prints it."),
+            click.option("-aet", "--ae-title", type=AE_TITLE, default=default_aet, show_default=True,
+                         envvar="PACS_AE_TITLE", show_envvar=True, help="Our AE title."),
+            *_timeout_options(Timeouts()),
+            _pdu_option(),
+            *_tls_options(),
+            click.option("--max-associations", type=click.IntRange(1, 500), default=32, show_default=True,
+                         help="Associations served at once; more are rejected as transient."),
+            click.option("--accept-called-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",
+                         help="Answer only to these called AE titles (repeatable; default: any)."),
+            click.option("--allow-calling-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",
+                         help="Accept only these calling AE titles (repeatable; default: any)."),
+            click.option("--allow-ip", type=Network(), multiple=True,
+                         help="Accept connections only from these addresses or networks (repeatable)."),
+            click.option("--fault-reject", type=click.Choice(["permanent", "transient"]),
+                         help="Fault injection: reject every association."),
+        ])
+
+    return decorator
+
+
+def run_options(func):
+    """When an SCP stops by itself and what it tells CI: --ready-file, --exit-after, --idle-exit, --events."""
+    return _apply(func, [
+        click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write HOST:PORT here once listening."),
+        click.option("--exit-after", type=click.IntRange(min=1), metavar="N",
+                     help="Stop after N objects have been stored."),
+        click.option("--idle-exit", type=click.FloatRange(min=0.1), metavar="SECONDS",
+                     help="Stop after this long with no association."),
+        click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Append one JSON line per association and per object to this file."),
+    ])
+
+
+def archive_options(func):
+    """The archive directory and its index, shared by storescp, index and find --db."""
+    return _apply(func, [
+        click.option("--dir", "archive_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("archive"), show_default=True, envvar="PACS_ARCHIVE_DIR",
+                     show_envvar=True, help="Archive directory."),
+        click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+                     envvar="PACS_DB", show_envvar=True,
+                     help="Index database (default: ARCHIVE/index.sqlite)."),
+    ])

@@ -1,0 +1,73 @@
+"""``pacs storescp``: the storage SCP in front of the archive."""
+
+import click
+
+from pacs_cli.options import archive_options, listener_options, run_options
+
+
+def _status_code(text: str) -> int:
+    try:
+        code = int(text, 16)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a hexadecimal status such as 0xA700") from None
+    if not 0 <= code <= 0xFFFF:
+        raise click.BadParameter(f"{text} is not a 16-bit status")
+    return code
+
+
+@click.command()
+@listener_options()
+@archive_options
+@click.option("--layout", type=click.Choice(["hierarchical", "flat"]), default="hierarchical",
+              show_default=True, help="PATIENT/STUDY/SERIES/INSTANCE.dcm, or INSTANCE.dcm in one folder.")
+@click.option("--path-template", metavar="TEMPLATE",
+              help="Path from attribute keywords, e.g. '{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm'.")
+@click.option("--on-duplicate", type=click.Choice(["reject", "replace", "ignore"]), default="ignore",
+              show_default=True, envvar="PACS_ON_DUPLICATE", show_envvar=True,
+              help="A SOP Instance UID already stored: answer 0x0111 and keep the first copy, "
+                   "overwrite it, or answer success and keep the first copy.")
+@click.option("--fsync", is_flag=True, help="fsync each file and its folder before answering.")
+@run_options
+@click.option("--exec-on-store", metavar="COMMAND",
+              help="Run COMMAND for each stored file, without blocking the association; placeholders: "
+                   "{path} {calling_aet} {study_uid} {series_uid} {sop_instance_uid} {sop_class_uid}.")
+@click.option("--fault-status", callback=lambda ctx, param, value: value and _status_code(value),
+              metavar="HEX", help="Fault injection: answer every C-STORE with this status, store nothing.")
+@click.option("--fault-delay", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
+              help="Fault injection: wait this long before each C-STORE response.")
+@click.option("--fault-abort-after", type=click.IntRange(min=0), metavar="N",
+              help="Fault injection: abort each association after N objects.")
+@click.pass_obj
+def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync,
+             ready_file, exit_after, idle_exit, events, exec_on_store, fault_status, fault_delay,
+             fault_abort_after):
+    """Receive DICOM objects into an archive with a SQLite index.
+
+    Files are stored as received (no decode and re-encode), by default under
+    ./archive/PATIENT/STUDY/SERIES/INSTANCE.dcm, indexed in ./archive/index.sqlite.
+    Any called AE title is accepted unless --accept-called-aet is given.
+
+    \b
+    Examples:
+      pacs storescp
+      pacs storescp --port 0 --ready-file port.txt --exit-after 10 --events events.jsonl &
+      pacs storescp -aet ARCHIVE --accept-called-aet ARCHIVE --allow-ip 10.0.0.0/8
+    """
+    from pacs_cli.scp import StorageSCP, StoreSettings
+    from pacs_cli.dimse.server import RunLimits
+    from pacs_cli.dimse.store import Faults
+
+    settings = StoreSettings(archive_dir, db_path, path_template or layout, on_duplicate, fsync,
+                             events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after))
+    scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
+
+    def ready(host, port):
+        if not state.quiet:
+            click.echo(f"pacs storescp: listening on {host}:{port} as {listener.ae_title}, "
+                       f"archive {scp.archive.root}")
+
+    try:
+        scp.run(RunLimits(exit_after, idle_exit, ready_file), ready)
+    finally:
+        if not state.quiet:
+            click.echo(f"pacs storescp: {scp.stats.summary()}")

@@ -1,0 +1,257 @@
+"""The SCP side shared by every server command: listening, access control, TLS, graceful stop.
+
+pynetdicom's server is extended only through its extension points: a server class (TCP_NODELAY on
+accepted sockets, the address allow list before anything is read, the TLS handshake moved out of
+the accept loop) and a request handler (our ACSE with the AE-title policy). Handlers stay plain
+functions in their service modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from pacs_cli.dimse import tls as tls_contexts
+from pacs_cli.dimse.ae import make_ae, nodelay
+from pacs_cli.errors import PacsError
+from pacs_cli.hooks import EventLog
+from pacs_cli.options import AccessPolicy, Listener
+
+log = logging.getLogger("pacs_cli.scp")
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 Table 9-21.
+REJECT_CALLED_AET = (0x01, 0x01, 0x07)
+REJECT_CALLING_AET = (0x01, 0x01, 0x03)
+REJECT_PERMANENT = (0x01, 0x01, 0x01)
+REJECT_TRANSIENT = (0x02, 0x01, 0x01)
+
+
+class Stats:
+    """Counters for the summary line, shared by all association threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.associations = self.stored = self.bytes = self.failed = 0
+        self.last_activity = time.monotonic()
+
+    def add(self, **counts) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+            self.last_activity = time.monotonic()
+
+    def summary(self) -> str:
+        size = f"{self.bytes / 1e6:.1f} MB" if self.bytes >= 1e5 else f"{self.bytes} bytes"
+        return (f"{self.associations} association{'s' * (self.associations != 1)}, "
+                f"{self.stored} instance{'s' * (self.stored != 1)} stored ({size}), {self.failed} failed")
+
+
+def association_handlers(stats: Stats, events: EventLog):
+    """Log and record each association's start and end (one line each at -v)."""
+
+    def established(event):
+        stats.add(associations=1)
+        _log_association(event, "association from %s@%s:%s to %s accepted", "association-accepted")
+
+    def ended(event, how):
+        _log_association(event, f"association from %s@%s:%s to %s {how}", f"association-{how}")
+
+    def _log_association(event, message, name):
+        assoc = event.assoc
+        calling, called = assoc.requestor.ae_title, assoc.acceptor.ae_title
+        address = assoc.requestor.address_info
+        log.info(message, calling, address.address, address.port, called)
+        events.write(name, calling_aet=calling, called_aet=called, address=address.address)
+
+    return [
+        (evt.EVT_ESTABLISHED, established),
+        (evt.EVT_RELEASED, ended, ["released"]),
+        (evt.EVT_ABORTED, ended, ["aborted"]),
+        (evt.EVT_REJECTED, ended, ["rejected"]),
+    ]
+
+
+def rejection_for(policy: AccessPolicy, called: str, calling: str) -> tuple[int, int, int] | None:
+    """The A-ASSOCIATE-RJ to send, or None to go on negotiating."""
+    if policy.fault_reject:
+        return REJECT_TRANSIENT if policy.fault_reject == "transient" else REJECT_PERMANENT
+    if policy.called_aets and called not in policy.called_aets:
+        return REJECT_CALLED_AET
+    if policy.calling_aets and calling not in policy.calling_aets:
+        return REJECT_CALLING_AET
+    return None
+
+
+def prefer_requestor_order(requested, supported) -> None:
+    """Accept the transfer syntax the peer proposed first, not the first of ours.
+
+    pynetdicom picks by the acceptor's order; a sender proposing [JPEG 2000, Explicit LE] for a
+    JPEG 2000 file would then have to decompress. Taking the peer's preference keeps the
+    object as it was sent, which is what an archive must store. ``supported`` is this
+    association's own copy, so reordering it touches no other association.
+    """
+    ours = {cx.abstract_syntax: cx for cx in supported}
+    for rq in requested:
+        cx = ours.get(rq.abstract_syntax)
+        if cx is None:
+            continue
+        preferred = [ts for ts in rq.transfer_syntax if ts in cx.transfer_syntax]
+        cx.transfer_syntax = preferred + [ts for ts in cx.transfer_syntax if ts not in preferred]
+        del ours[rq.abstract_syntax]  # the first context proposed for a SOP class decides
+
+
+class PolicyACSE(ACSE):
+    """pynetdicom's ACSE, checking our AE-title policy first.
+
+    pynetdicom can only require one called AE title (its own); we accept a list and answer
+    with the title the peer called, as DCMTK's storescp does.
+    """
+
+    def __init__(self, assoc, policy: AccessPolicy):
+        super().__init__(assoc)
+        self.policy = policy
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        called, calling = request.called_ae_title.strip(), request.calling_ae_title.strip()
+        self.requestor.ae_title = calling
+        rejection = rejection_for(self.policy, called, calling)
+        if rejection:
+            log.warning("rejected association from %s@%s to %s", calling,
+                        self.requestor.address_info.address, called)
+            self.send_reject(*rejection)
+            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+            self.assoc.kill()
+            return
+        self.acceptor.ae_title = called
+        prefer_requestor_order(self.requestor.requested_contexts, self.acceptor.supported_contexts)
+        super()._negotiate_as_acceptor()
+
+
+class PolicyRequestHandler(RequestHandler):
+    """Runs the TLS handshake here, in the connection's own thread, under a deadline."""
+
+    def handle(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.settimeout(self.server.handshake_timeout)
+                self.request.do_handshake()
+                self.request.settimeout(None)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("TLS handshake with %s failed: %s", self.client_address[0],
+                            getattr(exc, "reason", None) or exc)
+                return
+        super().handle()
+
+    def _create_association(self):
+        assoc = super()._create_association()
+        assoc.acse = PolicyACSE(assoc, self.server.policy)
+        return assoc
+
+
+class PolicyServer(ThreadedAssociationServer):
+    daemon_threads = True
+    policy = AccessPolicy()
+    handshake_timeout = 10.0
+
+    def get_request(self):
+        client, address = self.socket.accept()
+        nodelay(client)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def verify_request(self, request, client_address) -> bool:
+        if self.policy.allows_address(client_address[0]):
+            return True
+        log.warning("refused connection from %s: address not allowed", client_address[0])
+        return False
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """When a server stops by itself (CI jobs): after N objects, or after S idle seconds."""
+
+    exit_after: int | None = None
+    idle_exit: float | None = None
+    ready_file: Path | None = None
+
+
+class Server:
+    """A running SCP: start it, wait for it, stop it gracefully."""
+
+    def __init__(self, listener: Listener, contexts, handlers):
+        self.listener = listener
+        self.ae: AE = make_ae(listener.ae_title, listener.timeouts)
+        self.ae.maximum_pdu_size = listener.max_pdu
+        self.ae.maximum_associations = listener.max_associations
+        ssl_context = tls_contexts.server_context(listener.tls) if listener.tls else None
+        try:
+            self.server = self.ae.make_server(
+                (listener.host, listener.port), evt_handlers=list(handlers), contexts=contexts,
+                ssl_context=ssl_context, server_class=PolicyServer, request_handler=PolicyRequestHandler)
+        except OSError as exc:
+            raise PacsError(f"cannot listen on {listener.host}:{listener.port}: {exc.strerror}",
+                            "is another SCP already using that port? --port 0 picks a free one") from None
+        self.server.policy = listener.policy
+        self.server.handshake_timeout = listener.timeouts.connect
+        self.ae._servers.append(self.server)
+        self._thread = threading.Thread(target=self.server.serve_forever, name="pacs-accept", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def active(self) -> int:
+        return len(self.server.active_associations)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let running associations finish for up to ``grace`` s, abort the rest."""
+        self.server.shutdown()
+        deadline = time.monotonic() + grace
+        while self.active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.ae.shutdown()
+
+    def run(self, stats: Stats, limits: RunLimits, on_ready) -> None:
+        """Serve until SIGTERM, Ctrl-C or a limit; then stop gracefully (KeyboardInterrupt re-raised)."""
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        self.start()
+        host, port = self.address
+        if limits.ready_file:
+            _write_atomically(limits.ready_file, f"{host}:{port}\n")
+        on_ready(host, port)
+        try:
+            while not stop.wait(0.1) and not self._limit_reached(stats, limits):
+                pass
+        finally:
+            self.stop()
+            signal.signal(signal.SIGTERM, previous)
+
+    def _limit_reached(self, stats: Stats, limits: RunLimits) -> bool:
+        if limits.exit_after is not None and stats.stored >= limits.exit_after:
+            return True
+        idle = time.monotonic() - stats.last_activity
+        return limits.idle_exit is not None and not self.active() and idle >= limits.idle_exit
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A CI script polling for the file never reads it half-written."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -1,0 +1,143 @@
+"""Storage service SCP (PS3.4 Annex B): receive → validate → duplicate check → write → index → answer.
+
+The dataset arrives through pynetdicom's chunked receive as a Part 10 file in the archive's
+staging directory; the archive moves it into place, so the bytes on disk are the bytes that came
+over the wire and large objects never sit in memory. Handlers never raise: they log and answer
+with a named status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+from pynetdicom import evt
+from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+
+from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources
+from pacs_cli.dimse.server import Stats
+from pacs_cli.hooks import CommandRunner, EventLog
+
+log = logging.getLogger("pacs_cli.scp")
+
+# PS3.4 B.2.3 and PS3.7 C.4: the statuses we answer with.
+SUCCESS = 0x0000
+DUPLICATE = 0x0111  # Duplicate SOP Instance: --on-duplicate reject keeps the first copy
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+
+
+def storage_contexts():
+    """Every storage SOP class pynetdicom knows, with the transfer syntaxes above."""
+    return [build_context(cx.abstract_syntax, TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection for testing the peers people integrate with."""
+
+    status: int | None = None  # answer every C-STORE with this status, store nothing
+    delay: float = 0.0  # seconds before each response
+    abort_after: int | None = None  # abort each association after this many objects
+
+
+def status(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds
+
+
+def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
+                 faults: Faults):
+    """EVT_C_STORE: hand the staged file to the archive and answer with what happened."""
+    assoc, request = event.assoc, event.request
+    calling = assoc.requestor.ae_title
+    sop_class, sop_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+    count = getattr(assoc, "pacs_received", 0) + 1
+    assoc.pacs_received = count
+    if faults.abort_after is not None and count > faults.abort_after:
+        log.warning("fault injection: aborting the association from %s after %d objects", calling, faults.abort_after)
+        assoc.abort()
+        return status(OUT_OF_RESOURCES)
+    if faults.delay:
+        time.sleep(faults.delay)
+    if faults.status is not None:
+        stats.add(failed=int(faults.status != SUCCESS))
+        return status(faults.status, "fault injection (--fault-status)")
+    code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid)
+    fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
+    if outcome is None:
+        stats.add(failed=1)
+        log.warning("C-STORE %s from %s failed: 0x%04X %s", sop_uid, calling, code, comment)
+        events.write("store-failed", **fields, error=comment)
+        return status(code, comment)
+    stats.add(stored=int(outcome.kind != "ignored"), bytes=outcome.size)
+    log.info("%s %s from %s -> %s", outcome.kind, sop_uid, calling, outcome.path)
+    events.write("stored", **fields, outcome=outcome.kind, path=str(outcome.path),
+                 study_uid=outcome.study_uid, size=outcome.size)
+    runner.submit(path=str(outcome.path), calling_aet=calling, study_uid=outcome.study_uid,
+                  series_uid=outcome.series_uid, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
+    return status(SUCCESS)
+
+
+def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str):
+    """(status, comment, outcome): the archive's typed errors mapped onto PS3.4 statuses."""
+    try:
+        return SUCCESS, None, archive.store_file(staged, calling, sop_class, sop_uid)
+    except DuplicateRejected as exc:
+        return DUPLICATE, str(exc), None
+    except InvalidInstance as exc:
+        return CANNOT_UNDERSTAND, str(exc), None
+    except OutOfResources as exc:
+        return OUT_OF_RESOURCES, str(exc), None
+    except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
+        log.debug("unexpected error storing %s", sop_uid, exc_info=exc)
+        return OUT_OF_RESOURCES, f"unexpected {type(exc).__name__}", None
+
+
+def discard_partial(event, archive: Archive, stats: Stats, events: EventLog) -> None:
+    """EVT_CONN_CLOSE: remove what an aborted association left in staging.
+
+    That is the C-STORE being received (pynetdicom keeps it in ``dimse.message``) and any
+    complete C-STORE still queued for a handler that will never run.
+    """
+    dimse = event.assoc.dimse
+    partial = [getattr(dimse.message, "_data_set_file", None)]
+    while not dimse.msg_queue.empty():
+        _, request = dimse.msg_queue.get_nowait()
+        partial.append(getattr(request, "_dataset_file", None))
+    for handle in filter(None, partial):
+        handle.close()
+        archive.discard(Path(handle.name))
+        stats.add(failed=1)
+        log.warning("association from %s ended mid-transfer: partial object removed",
+                    event.assoc.requestor.ae_title)
+        events.write("store-aborted", calling_aet=event.assoc.requestor.ae_title)
+
+
+def handlers(archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner, faults: Faults):
+    return [
+        (evt.EVT_C_STORE, handle_store, [archive, stats, events, runner, faults]),
+        (evt.EVT_CONN_CLOSE, discard_partial, [archive, stats, events]),
+    ]

@@ -1,0 +1,64 @@
+"""Assembling an SCP process: the archive, the services on one port, the hooks, the settings
+pynetdicom only takes process-wide."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import _config
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from pacs_cli.archive import Archive
+from pacs_cli.dimse import store
+from pacs_cli.dimse.server import RunLimits, Server, Stats, association_handlers
+from pacs_cli.hooks import CommandRunner, EventLog
+from pacs_cli.options import Listener
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    archive_dir: Path
+    db_path: Path | None
+    template: str  # "hierarchical", "flat" or a path template
+    on_duplicate: str
+    fsync: bool
+    events: Path | None
+    exec_on_store: str | None
+    faults: store.Faults
+
+
+def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
+    """Receive C-STOREs straight into files in the archive's own filesystem, and keep quiet."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(staging_dir)  # pynetdicom's chunked receive writes its temp file here
+    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
+
+
+class StorageSCP:
+    """storescp: Verification and Storage on one port, in front of an :class:`Archive`."""
+
+    def __init__(self, listener: Listener, settings: StoreSettings, debug: bool = False):
+        self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
+                                    on_duplicate=settings.on_duplicate, fsync=settings.fsync)
+        configure_pynetdicom(self.archive.staging_dir, debug)
+        self.stats = Stats()
+        self.events = EventLog(settings.events)
+        self.runner = CommandRunner(settings.exec_on_store)
+        handlers = [
+            *association_handlers(self.stats, self.events),
+            *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults),
+        ]
+        contexts = [build_context(Verification), *store.storage_contexts()]
+        self.server = Server(listener, contexts, handlers)
+
+    def run(self, limits: RunLimits, on_ready) -> None:
+        try:
+            self.server.run(self.stats, limits, on_ready)
+        finally:
+            self.runner.close()
+            self.events.close()
+            self.archive.close()

@@ -1,0 +1,320 @@
+"""`pacs storescp` as a user runs it: the real console script, DCMTK and pynetdicom as senders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import split_dataset
+
+from conftest import Peer, dcmtk_binary, free_port, wait_for_port
+
+TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+class StoreSCP:
+    """A running `pacs storescp` subprocess with its archive."""
+
+    def __init__(self, root: Path, *options: str):
+        self.root = root
+        self.archive = root / "archive"
+        self.events = root / "events.jsonl"
+        ready = root / "ready"
+        self.proc = Peer(
+            [sys.executable, "-m", "pacs_cli", "storescp", "--port", "0", "--ready-file", str(ready),
+             "--dir", str(self.archive), "--events", str(self.events), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.stop()
+                raise RuntimeError(f"storescp did not start: {self.proc.stderr.read()}")
+            time.sleep(0.02)
+        self.port = int(ready.read_text().strip().rsplit(":", 1)[1])
+
+    def stop(self) -> tuple[str, str]:
+        self.proc.terminate()
+        out, err = self.proc.communicate(timeout=30)
+        return out, err
+
+    def rows(self, sql: str = "select * from instances") -> list[sqlite3.Row]:
+        db = sqlite3.connect(self.archive / "index.sqlite")
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.archive.rglob("*.dcm") if ".incoming" not in p.parts)
+
+    def staging_leftovers(self) -> list[Path]:
+        return [p for p in (self.archive / ".incoming").iterdir() if p.name != ".lock"] if (self.archive / ".incoming").exists() else []
+
+    def event_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.events.read_text().splitlines()]
+
+
+@pytest.fixture
+def scp_factory(tmp_path):
+    running = []
+
+    def start(*options):
+        scp = StoreSCP(tmp_path, *options)
+        running.append(scp)
+        return scp
+
+    yield start
+    for scp in running:
+        scp.proc.stop()
+
+
+def make_file(path: Path, patient_id="PAT1", study=None, series=None, sop=None, rows=8) -> Path:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = sop or generate_uid()
+    ds.PatientID, ds.PatientName = patient_id, "Doe^Jane"
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.Modality, ds.StudyDate = "CT", "20250102"
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(rows * rows * 2)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the file meta: what travelled over the wire."""
+    _, offset = split_dataset(path)
+    return path.read_bytes()[offset:]
+
+
+def dcmtk_send(port: int, *paths: Path, aec="PACS", extra=()) -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk_binary("storescu"), "-v", "-aec", aec, *extra, "127.0.0.1", str(port),
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+
+
+def test_ready_line_and_summary(scp_factory, tmp_path):
+    scp = scp_factory("-aet", "ARCHIVE")
+    out, _ = scp.stop()
+    assert out.splitlines()[0] == f"pacs storescp: listening on 0.0.0.0:{scp.port} as ARCHIVE, archive {scp.archive.resolve()}"
+    assert out.splitlines()[-1] == "pacs storescp: 0 associations, 0 instances stored (0 bytes), 0 failed"
+
+
+def test_dcmtk_storescu_files_arrive_byte_identical_and_indexed_once(scp_factory, tmp_path):
+    sources = [make_file(tmp_path / f"in{i}.dcm", study="1.2.3.4" if i < 3 else None) for i in range(5)]
+    scp = scp_factory()
+    result = dcmtk_send(scp.port, *sources)
+    assert result.returncode == 0, result.stderr
+    stored = scp.files()
+    assert len(stored) == 5
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in stored}
+    for source in sources:
+        uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+        assert dataset_bytes(by_uid[uid]) == dataset_bytes(source)
+    assert len(scp.rows()) == 5
+    assert len(scp.rows("select * from studies")) == 3
+    assert scp.staging_leftovers() == []
+    out, _ = scp.stop()
+    assert "1 association, 5 instances stored" in out.splitlines()[-1]
+
+
+def test_hierarchical_layout_is_patient_study_series_instance(scp_factory, tmp_path):
+    source = make_file(tmp_path / "a.dcm", patient_id="P42", study="1.2.3", series="1.2.3.4", sop="1.2.3.4.5")
+    scp = scp_factory()
+    assert dcmtk_send(scp.port, source).returncode == 0
+    assert scp.files() == [scp.archive / "P42" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"]
+
+
+def test_pydicom_test_files_sent_by_dcmtk(scp_factory, tmp_path):
+    """Everything DCMTK's storescu sends from pydicom's test files is stored once, as sent.
+
+    storescu re-encodes some files on the way, so "as sent" is judged against DCMTK's own
+    storescp in bit-preserving mode (+B), which receives the same run.
+    """
+    sources = sorted(p for p in TEST_FILES.glob("*.dcm") if p.stat().st_size < 20_000_000)
+    scp = scp_factory("--on-duplicate", "replace")  # the oracle overwrites too: the last copy wins
+    result = dcmtk_send(scp.port, *sources, extra=["--no-halt"])
+    oracle_dir = tmp_path / "oracle"
+    oracle_dir.mkdir()
+    port = free_port()
+    oracle = Peer([dcmtk_binary("storescp"), "+B", "-od", str(oracle_dir), str(port)])
+    try:
+        wait_for_port(port, oracle)
+        dcmtk_send(port, *sources, extra=["--no-halt"])
+    finally:
+        oracle.stop()
+    wire = {}
+    for path in oracle_dir.iterdir():
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        wire[header.SOPInstanceUID, header.file_meta.TransferSyntaxUID] = dataset_bytes(path)
+    stored = scp.files()
+    assert result.stderr.count("Received Store Response (Success)") > 20
+    compared = 0
+    for path in stored:  # the two SCPs may negotiate different transfer syntaxes for a file
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        key = header.SOPInstanceUID, header.file_meta.TransferSyntaxUID
+        if key in wire:
+            assert dataset_bytes(path) == wire[key], path
+            compared += 1
+    assert compared >= 8
+    uids = [row["sop_instance_uid"] for row in scp.rows()]
+    assert len(uids) == len(set(uids)) == len(stored) == len({uid for uid, _ in wire})
+    assert scp.staging_leftovers() == []
+
+
+@pytest.mark.parametrize("policy, expect_rc, expect_bytes", [
+    ("reject", 1, "first"), ("ignore", 0, "first"), ("replace", 0, "second")])
+def test_duplicate_policies(scp_factory, tmp_path, policy, expect_rc, expect_bytes):
+    uid = generate_uid()
+    first = make_file(tmp_path / "first.dcm", sop=uid, study="1.2.3", series="1.2.3.4")
+    second = make_file(tmp_path / "second.dcm", sop=uid, study="1.2.3", series="1.2.3.4", rows=4)
+    scp = scp_factory("--on-duplicate", policy)
+    assert dcmtk_send(scp.port, first).returncode == 0
+    result = dcmtk_send(scp.port, second)
+    assert (result.returncode != 0) == (expect_rc != 0), result.stderr
+    [stored] = scp.files()
+    wanted = first if expect_bytes == "first" else second
+    assert dataset_bytes(stored) == dataset_bytes(wanted)
+    assert len(scp.rows()) == 1
+    if policy == "reject":
+        assert "Received Store Response (Unknown Status: 0x111)" in result.stderr  # DCMTK's words for it
+        [failure] = [e for e in scp.event_lines() if e["event"] == "store-failed"]
+        assert failure["status"] == "0x0111"
+
+
+def test_unknown_called_ae_is_rejected(scp_factory, script_runner):
+    scp = scp_factory("-aet", "ARCHIVE", "--accept-called-aet", "ARCHIVE")
+    wrong = script_runner.run(["pacs", "echo", "127.0.0.1", str(scp.port), "-aec", "WRONG"])
+    assert wrong.returncode == 3
+    assert "Called AE title not recognised" in wrong.stderr
+    right = script_runner.run(["pacs", "echo", "127.0.0.1", str(scp.port), "-aec", "ARCHIVE"])
+    assert right.returncode == 0, right.stderr
+
+
+def test_calling_ae_and_ip_allow_lists(scp_factory, script_runner):
+    scp = scp_factory("--allow-calling-aet", "MODALITY")
+    assert "Calling AE title not recognised" in script_runner.run(
+        ["pacs", "echo", "127.0.0.1", str(scp.port), "-aet", "OTHER"]).stderr
+    assert script_runner.run(["pacs", "echo", "127.0.0.1", str(scp.port), "-aet", "MODALITY"]).returncode == 0
+    scp2 = scp_factory("--allow-ip", "10.0.0.0/8")
+    refused = script_runner.run(["pacs", "echo", "127.0.0.1", str(scp2.port), "-ta", "5"])
+    assert refused.returncode == 3
+
+
+def test_fault_status_answers_and_stores_nothing(scp_factory, tmp_path):
+    scp = scp_factory("--fault-status", "0xA700")
+    result = dcmtk_send(scp.port, make_file(tmp_path / "a.dcm"))
+    assert result.returncode != 0
+    assert "Received Store Response (Refused: OutOfResources)" in result.stderr
+    assert scp.files() == [] and scp.rows() == []
+
+
+def test_write_failure_answers_a700_and_keeps_serving(scp_factory, tmp_path):
+    """A file where the patient folder must go: the write fails, nothing is indexed."""
+    scp = scp_factory()
+    (scp.archive / "BLOCKED").write_text("not a folder")
+    bad = dcmtk_send(scp.port, make_file(tmp_path / "bad.dcm", patient_id="BLOCKED"))
+    assert bad.returncode != 0
+    assert "Received Store Response (Refused: OutOfResources)" in bad.stderr
+    [failure] = [e for e in scp.event_lines() if e["event"] == "store-failed"]
+    assert failure["status"] == "0xA700" and failure["error"]
+    assert scp.rows() == []
+    good = dcmtk_send(scp.port, make_file(tmp_path / "good.dcm", patient_id="OK"))
+    assert good.returncode == 0, good.stderr
+    assert len(scp.rows()) == 1
+    assert scp.staging_leftovers() == []
+
+
+def test_abort_mid_transfer_leaves_no_partial_file(scp_factory, tmp_path):
+    """A sender killed mid-dataset: no file, no row, and the next association is served."""
+    big = make_file(tmp_path / "big.dcm", rows=2048)  # 8 MB
+    scp = scp_factory("--fault-delay", "0")
+    sender = subprocess.Popen([dcmtk_binary("storescu"), "-aec", "PACS", "-pdu", "4096",
+                               "127.0.0.1", str(scp.port), str(big)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not scp.staging_leftovers():
+        time.sleep(0.005)
+    sender.kill()
+    sender.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and scp.staging_leftovers():
+        time.sleep(0.05)
+    assert scp.staging_leftovers() == []
+    assert scp.files() == [] and scp.rows() == []
+    assert dcmtk_send(scp.port, make_file(tmp_path / "next.dcm")).returncode == 0
+    assert len(scp.rows()) == 1
+
+
+def test_hostile_uids_never_leave_the_archive(scp_factory, tmp_path):
+    scp = scp_factory()
+    hostile = ["../../../etc/x", "..", "/abs/path", "a\\b"]
+    for i, value in enumerate(hostile):
+        make_file(tmp_path / f"h{i}.dcm", patient_id=value, study="1.2", series="1.2.3", sop=f"1.2.3.{i}")
+    dcmtk_send(scp.port, *[tmp_path / f"h{i}.dcm" for i in range(len(hostile))])
+    root = scp.archive.resolve()
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix == ".dcm" and path.parent != tmp_path:
+            assert path.resolve().is_relative_to(root), path
+    assert len(scp.rows()) == len(hostile)
+
+
+def test_exit_after_events_and_exec_on_store(scp_factory, tmp_path):
+    marker = tmp_path / "exec.log"
+    scp = scp_factory("--exit-after", "2", "--exec-on-store", f"sh -c 'echo $0 >> {marker}' {{path}}")
+    dcmtk_send(scp.port, make_file(tmp_path / "a.dcm"), make_file(tmp_path / "b.dcm"))
+    assert scp.proc.wait(timeout=30) == 0
+    stored = [e for e in scp.event_lines() if e["event"] == "stored"]
+    assert len(stored) == 2
+    assert {e["calling_aet"] for e in stored} == {"STORESCU"}
+    assert all(Path(e["path"]).exists() and e["status"] == "0x0000" for e in stored)
+    assert sorted(marker.read_text().split()) == sorted(e["path"] for e in stored)
+
+
+def test_idle_exit(scp_factory):
+    scp = scp_factory("--idle-exit", "0.5")
+    assert scp.proc.wait(timeout=15) == 0
+
+
+def test_cannot_open_archive_exits_1_with_one_line(script_runner, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = script_runner.run(["pacs", "storescp", "--port", "0", "--dir", str(tmp_path / "file" / "archive")])
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("Error: ")
+
+
+def test_four_concurrent_associations(scp_factory, tmp_path):
+    """200 images over 4 parallel DCMTK senders: every one stored once, no temp files left."""
+    study = generate_uid()
+    folders = []
+    for a in range(4):
+        folder = tmp_path / f"batch{a}"
+        folder.mkdir()
+        series = generate_uid()
+        for i in range(50):
+            make_file(folder / f"{i}.dcm", study=study, series=series)
+        folders.append(folder)
+    scp = scp_factory()
+    senders = [subprocess.Popen([dcmtk_binary("storescu"), "-aec", "PACS", "+sd", "127.0.0.1",
+                                 str(scp.port), str(folder)], stderr=subprocess.PIPE) for folder in folders]
+    assert [s.wait(timeout=120) for s in senders] == [0, 0, 0, 0]
+    assert len(scp.files()) == 200
+    assert len(scp.rows()) == 200
+    assert len(scp.rows("select * from series")) == 4
+    assert len(scp.rows("select * from studies")) == 1
+    assert scp.staging_leftovers() == []
