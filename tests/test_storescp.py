@@ -112,6 +112,7 @@ def dcmtk_send(port: int, *paths: Path, aec="PACS", extra=()) -> subprocess.Comp
 def test_ready_line_and_summary(scp_factory, tmp_path):
     scp = scp_factory("-aet", "ARCHIVE")
     out, _ = scp.stop()
+    assert scp.proc.returncode == 0  # SIGTERM is the normal way to stop it
     assert out.splitlines()[0] == f"pacs storescp: listening on 0.0.0.0:{scp.port} as ARCHIVE, archive {scp.archive.resolve()}"
     assert out.splitlines()[-1] == "pacs storescp: 0 associations, 0 instances stored (0 bytes), 0 failed"
 
@@ -299,22 +300,106 @@ def test_cannot_open_archive_exits_1_with_one_line(script_runner, tmp_path):
 
 
 def test_four_concurrent_associations(scp_factory, tmp_path):
-    """200 images over 4 parallel DCMTK senders: every one stored once, no temp files left."""
+    """1,000 images over 4 parallel DCMTK senders: every one stored once, no temp files left."""
     study = generate_uid()
     folders = []
     for a in range(4):
         folder = tmp_path / f"batch{a}"
         folder.mkdir()
         series = generate_uid()
-        for i in range(50):
+        for i in range(250):
             make_file(folder / f"{i}.dcm", study=study, series=series)
         folders.append(folder)
     scp = scp_factory()
     senders = [subprocess.Popen([dcmtk_binary("storescu"), "-aec", "PACS", "+sd", "127.0.0.1",
                                  str(scp.port), str(folder)], stderr=subprocess.PIPE) for folder in folders]
     assert [s.wait(timeout=120) for s in senders] == [0, 0, 0, 0]
-    assert len(scp.files()) == 200
-    assert len(scp.rows()) == 200
+    assert len(scp.files()) == 1000
+    assert len(scp.rows()) == 1000
     assert len(scp.rows("select * from series")) == 4
     assert len(scp.rows("select * from studies")) == 1
     assert scp.staging_leftovers() == []
+
+
+def test_pynetdicom_storescu_app_as_sender(scp_factory, tmp_path):
+    sources = [make_file(tmp_path / f"p{i}.dcm") for i in range(3)]
+    scp = scp_factory()
+    result = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", "PACS",
+                             "127.0.0.1", str(scp.port), *map(str, sources)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(scp.rows()) == 3
+    by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in scp.files()}
+    for source in sources:
+        assert dataset_bytes(by_uid[pydicom.dcmread(source).SOPInstanceUID]) == dataset_bytes(source)
+
+
+def send_raw(port: int, path: Path) -> int:
+    """Send a Part 10 file's dataset bytes as they are, with the command UIDs from its file meta."""
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="RAW")
+        meta = pydicom.filereader.read_file_meta_info(path)
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+        try:
+            return assoc.send_c_store(path).Status
+        finally:
+            assoc.release()
+            ae.shutdown()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def test_dataset_uid_not_matching_command_is_refused(scp_factory, tmp_path):
+    path = make_file(tmp_path / "m.dcm", sop="1.2.3.4")
+    _, offset = split_dataset(path)
+    raw = path.read_bytes()
+    meta = raw[:offset].replace(b"1.2.3.4\x00", b"1.2.3.9\x00")  # the command will say 1.2.3.9
+    path.write_bytes(meta + raw[offset:])
+    scp = scp_factory()
+    assert send_raw(scp.port, path) == 0xC000
+    assert scp.files() == [] and scp.rows() == []
+    [failure] = [e for e in scp.event_lines() if e["event"] == "store-failed"]
+    assert failure["status"] == "0xC000" and failure["sop_instance_uid"] == "1.2.3.9"
+
+
+def test_unparseable_dataset_is_refused(scp_factory, tmp_path):
+    path = make_file(tmp_path / "g.dcm")
+    _, offset = split_dataset(path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:offset] + b"\x08\x00\x16\x00UI\xff\xff" + b"garbage" * 10)
+    scp = scp_factory()
+    assert send_raw(scp.port, path) == 0xC000
+    assert scp.files() == [] and scp.rows() == []
+    assert scp.staging_leftovers() == []
+
+
+def test_index_gives_the_same_rows_as_receiving(scp_factory, tmp_path, script_runner):
+    """`pacs index` over a tree and storescp receiving the same files agree on every key value."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    study = generate_uid()
+    for i in range(60):
+        shared = i < 30
+        make_file(tree / f"{i}.dcm", patient_id="P000" if shared else f"P{i % 3:03d}", study=study if shared else None)
+    scp = scp_factory()
+    assert dcmtk_send(scp.port, tree, extra=["+sd"]).returncode == 0
+    other = tmp_path / "indexed"
+    assert script_runner.run(["pacs", "index", "--dir", str(other), str(tree)]).returncode == 0
+    query = """select p.patient_id, p.patient_name, st.study_instance_uid, st.study_date,
+                      st.modalities_in_study, se.series_instance_uid, se.modality,
+                      i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid
+               from instances i join series se on i.series_pk = se.pk
+               join studies st on se.study_pk = st.pk join patients p on st.patient_pk = p.pk
+               order by i.sop_instance_uid"""
+    received = [tuple(row) for row in scp.rows(query)]
+    db = sqlite3.connect(other / "index.sqlite")
+    try:
+        indexed = db.execute(query).fetchall()
+    finally:
+        db.close()
+    assert len(received) == 60
+    assert received == indexed
