@@ -107,3 +107,30 @@ def test_usage_errors_exit_2(script_runner, args, message):
     result = script_runner.run(["pacs", *args])
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_ctrl_c_aborts_the_association_and_exits_130(pynetdicom_scp):
+    import signal
+    import subprocess
+
+    from pynetdicom import evt
+
+    aborted = threading.Event()
+    port = pynetdicom_scp(handlers=[(evt.EVT_ABORTED, lambda event: aborted.set())])
+    proc = subprocess.Popen(["pacs", "echo", "127.0.0.1", str(port), "--repeat", "100", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "0x0000 Success" in proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert err.strip() == "Interrupted."
+    assert aborted.wait(5)
+
+
+def test_python_dash_m_runs_the_same_cli(script_runner):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pacs_cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("pacs, version ")

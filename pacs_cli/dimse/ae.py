@@ -147,7 +147,7 @@ def _raise_unless_established(assoc, connection: Connection, received: list) -> 
     if assoc.is_rejected:
         raise _rejection(assoc.acceptor.primitive, peer)
     if any(isinstance(p, (A_ABORT, A_P_ABORT)) for p in received):
-        raise AssociationAborted(f"{peer} aborted the association request")
+        raise AssociationAborted(f"{peer} aborted the association request", _abort_hint(connection))
     if assoc.acceptor.primitive is not None and assoc.acceptor.primitive.result == 0:
         proposed = sorted({cx.abstract_syntax.name for cx in assoc.requestor.requested_contexts})
         raise AssociationAborted(
@@ -158,6 +158,15 @@ def _raise_unless_established(assoc, connection: Connection, received: list) -> 
         f"no answer to the association request from {peer} within {connection.timeouts.acse:g} s",
         "check that the port is a DICOM port, or raise -ta",
     )
+
+
+def _abort_hint(connection: Connection) -> str:
+    """An abort before any answer is most often a TLS mismatch; say what to try."""
+    if connection.tls is None:
+        return "if the peer expects TLS, add --tls or --tls-ca"
+    if connection.tls.cert is None:
+        return "the peer may require a client certificate: add --tls-cert and --tls-key"
+    return "the peer may not trust our certificate, or not accept TLS on this port"
 
 
 def _connect_error(exc: OSError, connection: Connection) -> NetworkError:
