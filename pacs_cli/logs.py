@@ -6,6 +6,7 @@ below ``-vv``: its errors repeat what our one-line message already says.
 
 import logging
 import sys
+import threading
 
 PREFIXES = {"DEBUG": "D", "INFO": "I", "WARNING": "W", "ERROR": "E", "CRITICAL": "F"}
 
@@ -33,3 +34,17 @@ def configure(verbose: int, quiet: bool) -> None:
     library.handlers[:] = [handler] if verbose >= 2 else [logging.NullHandler()]
     library.setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL + 1)
     library.propagate = False
+    threading.excepthook = _thread_exception_logger(verbose >= 2)
+
+
+def _thread_exception_logger(with_traceback: bool):
+    """pynetdicom's threads die on malformed input with a traceback on stderr; make it one line."""
+
+    def hook(args):
+        if args.exc_type is SystemExit:
+            return
+        logging.getLogger("pacs_cli").error(
+            "%s in thread %s: %s", args.exc_type.__name__, getattr(args.thread, "name", "?"), args.exc_value,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback) if with_traceback else None)
+
+    return hook

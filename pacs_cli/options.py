@@ -86,6 +86,7 @@ class Listener:
     max_associations: int
     policy: AccessPolicy = AccessPolicy()
     tls: TLS | None = None
+    max_per_address: int = 16
 
 
 def validate_ae_title(value: str) -> str:
@@ -231,12 +232,13 @@ def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
         @functools.wraps(func)
         def wrapper(*args, host, port, ae_title, connection_timeout, acse_timeout, dimse_timeout,
                     network_timeout, max_pdu, tls_cert, tls_key, tls_ca, use_tls, max_associations,
-                    accept_called_aet, allow_calling_aet, allow_ip, fault_reject, **kwargs):
+                    max_per_address, accept_called_aet, allow_calling_aet, allow_ip, fault_reject, **kwargs):
             timeouts = Timeouts(connection_timeout, acse_timeout, dimse_timeout, network_timeout)
             tls = TLS(tls_cert, tls_key, tls_ca) if use_tls or tls_cert or tls_key or tls_ca else None
             policy = AccessPolicy(tuple(accept_called_aet), tuple(allow_calling_aet), tuple(allow_ip),
                                   fault_reject)
-            kwargs["listener"] = Listener(host, port, ae_title, timeouts, max_pdu, max_associations, policy, tls)
+            kwargs["listener"] = Listener(host, port, ae_title, timeouts, max_pdu, max_associations, policy, tls,
+                                          max_per_address)
             return func(*args, **kwargs)
 
         return _apply(wrapper, [
@@ -252,6 +254,8 @@ def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
             *_tls_options(),
             click.option("--max-associations", type=click.IntRange(1, 500), default=32, show_default=True,
                          help="Associations served at once; more are rejected as transient."),
+            click.option("--max-per-address", type=click.IntRange(1, 500), default=16, show_default=True,
+                         help="Connections open at once from one IP address; more are closed at once."),
             click.option("--accept-called-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",
                          help="Answer only to these called AE titles (repeatable; default: any)."),
             click.option("--allow-calling-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",

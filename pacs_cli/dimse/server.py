@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_cli.dimse import tls as tls_contexts
 from pacs_cli.dimse.ae import make_ae, nodelay
@@ -34,6 +34,10 @@ REJECT_CALLED_AET = (0x01, 0x01, 0x07)
 REJECT_CALLING_AET = (0x01, 0x01, 0x03)
 REJECT_PERMANENT = (0x01, 0x01, 0x01)
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)
+
+P_DATA_TF = 0x04
+NON_DATA_PDU_LIMIT = 1024 * 1024  # an A-ASSOCIATE-RQ with hundreds of contexts is ~50 KB
+PDU_SLACK = 64  # senders that count the PDV header a little differently still get through
 
 
 class Stats:
@@ -138,6 +142,49 @@ class PolicyACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
+class GuardedSocket(AssociationSocket):
+    """pynetdicom's acceptor socket with the limits a server facing the network needs.
+
+    pynetdicom reads whatever PDU length the peer announces and waits forever for it. Here a
+    PDU longer than we advertised (PS3.8 D.1: the maximum length bounds P-DATA-TF PDUs) is
+    refused before anything is buffered, and a whole PDU must arrive within ``pdu_deadline``
+    seconds, so a peer sending six bytes and going quiet, or one byte every few seconds, is
+    dropped. Raising OSError makes pynetdicom close the connection as for any transport error.
+    """
+
+    max_pdu = 262144
+    pdu_deadline = 30.0
+    _pdu_type = None
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        limit = self.max_pdu + PDU_SLACK if self._pdu_type == P_DATA_TF else NON_DATA_PDU_LIMIT
+        if nr_bytes > 6 and nr_bytes > limit:
+            log.warning("dropped %s: PDU of %d bytes announced, limit %d", self._peer(), nr_bytes, limit)
+            raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit of {limit}")
+        data = self._recv_by(nr_bytes, time.monotonic() + self.pdu_deadline)
+        if nr_bytes == 6 and len(data) == 6:
+            self._pdu_type = data[0]
+        return data
+
+    def _recv_by(self, nr_bytes: int, deadline: float) -> bytearray:
+        data = bytearray()
+        while len(data) < nr_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("dropped %s: PDU not complete within %g s", self._peer(), self.pdu_deadline)
+                raise TimeoutError(f"PDU not received within {self.pdu_deadline:g} s")
+            self.socket.settimeout(remaining)
+            chunk = self.socket.recv(min(nr_bytes - len(data), 1 << 16))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _peer(self) -> str:
+        address = self.assoc.requestor.address_info
+        return f"{address.address}:{address.port}"
+
+
 class PolicyRequestHandler(RequestHandler):
     """Runs the TLS handshake here, in the connection's own thread, under a deadline."""
 
@@ -156,6 +203,11 @@ class PolicyRequestHandler(RequestHandler):
     def _create_association(self):
         assoc = super()._create_association()
         assoc.acse = PolicyACSE(assoc, self.server.policy)
+        # pynetdicom builds its own socket object (and queues the connection event once);
+        # we give that object our recv() rather than building a second one.
+        assoc.dul.socket.__class__ = GuardedSocket
+        assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
+        assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
         return assoc
 
 
@@ -163,6 +215,8 @@ class PolicyServer(ThreadedAssociationServer):
     daemon_threads = True
     policy = AccessPolicy()
     handshake_timeout = 10.0
+    pdu_deadline = 30.0
+    max_per_address = 16
 
     def get_request(self):
         client, address = self.socket.accept()
@@ -172,10 +226,21 @@ class PolicyServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request, client_address) -> bool:
-        if self.policy.allows_address(client_address[0]):
-            return True
-        log.warning("refused connection from %s: address not allowed", client_address[0])
-        return False
+        """Before anything is read: the allow list, and a cap per address.
+
+        The cap keeps one host's idle or half-open connections from filling
+        ``maximum_associations`` (which pynetdicom counts before negotiation) and locking
+        everyone else out.
+        """
+        host = client_address[0]
+        if not self.policy.allows_address(host):
+            log.warning("refused connection from %s: address not allowed", host)
+            return False
+        open_here = sum(1 for assoc in self.active_associations if assoc.requestor.address_info.address == host)
+        if open_here >= self.max_per_address:
+            log.warning("refused connection from %s: %d connections already open from there", host, open_here)
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -205,6 +270,8 @@ class Server:
                             "is another SCP already using that port? --port 0 picks a free one") from None
         self.server.policy = listener.policy
         self.server.handshake_timeout = listener.timeouts.connect
+        self.server.pdu_deadline = listener.timeouts.acse
+        self.server.max_per_address = listener.max_per_address
         self.ae._servers.append(self.server)
         self._thread = threading.Thread(target=self.server.serve_forever, name="pacs-accept", daemon=True)
 
