@@ -403,3 +403,20 @@ def test_index_gives_the_same_rows_as_receiving(scp_factory, tmp_path, script_ru
         db.close()
     assert len(received) == 60
     assert received == indexed
+
+
+@pytest.mark.parametrize("kind, words", [("permanent", "Rejected Permanent"), ("transient", "Rejected Transient")])
+def test_fault_reject(scp_factory, script_runner, kind, words):
+    scp = scp_factory("--fault-reject", kind)
+    result = script_runner.run(["pacs", "echo", "127.0.0.1", str(scp.port), "-aec", "PACS"])
+    assert result.returncode == 3
+    assert words in result.stderr
+
+
+def test_fault_abort_after(scp_factory, tmp_path):
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(4)]
+    scp = scp_factory("--fault-abort-after", "2")
+    result = dcmtk_send(scp.port, *sources)
+    assert result.returncode != 0
+    assert len(scp.rows()) == 2
+    assert scp.staging_leftovers() == []
