@@ -14,6 +14,7 @@ import pytest
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
 
+import pdus
 from test_storescp import StoreSCP
 
 
@@ -115,4 +116,32 @@ def test_malformed_command_set_gets_an_abort_not_a_traceback(scp):
     assert assoc.is_aborted or not assoc.is_established
     ae.shutdown()
     assert_still_serving(scp)
+    finish(scp)
+
+
+BAD_REQUESTS = {
+    "context without transfer syntax": pdus.associate_rq([pdus.presentation_context(1, pdus.VERIFICATION, [])]),
+    "even context ID": pdus.associate_rq([pdus.presentation_context(2, pdus.VERIFICATION, [pdus.IMPLICIT_LE])]),
+    "non-DICOM application context": pdus.associate_rq(application_context=b"1.2.3"),
+    "duplicate context IDs": pdus.associate_rq([pdus.presentation_context(1, pdus.VERIFICATION, [pdus.IMPLICIT_LE])] * 2),
+    "300 contexts with wrapped IDs": pdus.associate_rq(
+        [pdus.presentation_context((2 * i + 1) % 256, pdus.VERIFICATION, [pdus.IMPLICIT_LE]) for i in range(300)]),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_invalid_association_request_gets_an_a_abort(scp, name):
+    """Plain pynetdicom hangs on the first, kills its reactor on the second and accepts the rest."""
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
+        sock.sendall(BAD_REQUESTS[name])
+        assert sock.recv(1) == b"\x07"  # A-ABORT PDU type, PS3.8 9.3.8
+    assert_still_serving(scp)
+    assert "aborted association request from 127.0.0.1" in finish(scp)
+
+
+def test_valid_raw_request_is_accepted(scp):
+    """The builder itself makes a request that a pacs storescp accepts (A-ASSOCIATE-AC)."""
+    with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
+        sock.sendall(pdus.associate_rq())
+        assert sock.recv(1) == b"\x02"
     finish(scp)

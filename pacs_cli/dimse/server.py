@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_cli.dimse import tls as tls_contexts
@@ -185,6 +187,45 @@ class GuardedSocket(AssociationSocket):
         return f"{address.address}:{address.port}"
 
 
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1, the only DICOM application context
+
+
+class GuardedDUL(DULServiceProvider):
+    """pynetdicom's DUL, refusing an A-ASSOCIATE-RQ that pynetdicom would choke on.
+
+    pynetdicom hangs on a presentation context without a transfer syntax and kills its reactor
+    thread on an even context ID. Raising here lands in pynetdicom's own "invalid PDU" path
+    (Evt19), so its state machine answers with an A-ABORT (PS3.8 9.3.1, Table 9-10).
+    """
+
+    def _decode_pdu(self, bytestream):
+        pdu, event = super()._decode_pdu(bytestream)
+        if isinstance(pdu, A_ASSOCIATE_RQ):
+            problem = association_request_problem(pdu)
+            if problem:
+                address = self.assoc.requestor.address_info
+                log.warning("aborted association request from %s: %s", address.address, problem)
+                raise ValueError(problem)
+        return pdu, event
+
+
+def association_request_problem(pdu) -> str | None:
+    """What makes this A-ASSOCIATE-RQ unacceptable (PS3.8 9.3.2), or None."""
+    try:
+        request = pdu.to_primitive()
+    except Exception as exc:  # noqa: BLE001 - pynetdicom raises ValueError, TypeError, ...
+        return f"malformed: {exc}"
+    if request.application_context_name != APPLICATION_CONTEXT:
+        return f"application context {request.application_context_name} is not DICOM's"
+    contexts = request.presentation_context_definition_list
+    ids = [cx.context_id for cx in contexts]
+    if not contexts or len(ids) != len(set(ids)):
+        return "no presentation context, or duplicate context IDs"
+    if any(not cx.abstract_syntax or not cx.transfer_syntax for cx in contexts):
+        return "a presentation context without abstract or transfer syntax"
+    return None
+
+
 class PolicyRequestHandler(RequestHandler):
     """Runs the TLS handshake here, in the connection's own thread, under a deadline."""
 
@@ -206,6 +247,7 @@ class PolicyRequestHandler(RequestHandler):
         # pynetdicom builds its own socket object (and queues the connection event once);
         # we give that object our recv() rather than building a second one.
         assoc.dul.socket.__class__ = GuardedSocket
+        assoc.dul.__class__ = GuardedDUL
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
         assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
         return assoc
