@@ -21,28 +21,59 @@ log = logging.getLogger("pacs_cli.scp")
 EXEC_PLACEHOLDERS = ("path", "calling_aet", "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid")
 
 
-class EventLog:
-    """Appends one JSON object per line; a line is flushed as soon as it is written."""
+class JsonLines:
+    """An append-only file of JSON objects, one per line, each flushed as it is written.
 
-    def __init__(self, path: Path | None):
+    A failed write is logged and counted, never silently dropped, and never raised into the
+    association that caused it.
+    """
+
+    def __init__(self, path: Path | None, what: str):
+        self.what = what
+        self.failures = 0
         self._lock = threading.Lock()
         try:
             self._file = open(path, "a", encoding="utf-8") if path else None
         except OSError as exc:
-            raise UsageError(f"cannot open events file {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from None
 
-    def write(self, event: str, **fields) -> None:
+    @property
+    def enabled(self) -> bool:
+        return self._file is not None
+
+    def append(self, record: dict) -> None:
         if self._file is None:
             return
-        record = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
         line = json.dumps(record, ensure_ascii=False, default=str)
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as exc:
+                self.failures += 1
+                log.error("%s: a record could not be written (%s)", self.what, exc.strerror or exc)
 
     def close(self) -> None:
         if self._file:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.error("%s: cannot close (%s)", self.what, exc.strerror or exc)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class EventLog(JsonLines):
+    """``--events``: one line per association and per object, for CI jobs to assert on."""
+
+    def __init__(self, path: Path | None):
+        super().__init__(path, "events file")
+
+    def write(self, event: str, **fields) -> None:
+        if self.enabled:
+            self.append({"event": event, "time": utc_now(), **fields})
 
 
 class CommandRunner:
