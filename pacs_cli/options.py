@@ -158,8 +158,11 @@ def _apply(func, decorators):
     return func
 
 
-def connection_options(defaults: Timeouts = Timeouts()):
-    """Add HOST PORT / --peer, AE titles, timeouts, max PDU and TLS; pass ``connection``."""
+def connection_options(defaults: Timeouts = Timeouts(), optional: bool = False):
+    """Add HOST PORT / --peer, AE titles, timeouts, max PDU and TLS; pass ``connection``.
+
+    With ``optional``, a command given neither gets ``connection=None`` (``pacs find --db``).
+    """
 
     def decorator(func):
         @functools.wraps(func)
@@ -169,8 +172,9 @@ def connection_options(defaults: Timeouts = Timeouts()):
             ctx = click.get_current_context()
             timeouts = Timeouts(connection_timeout, acse_timeout, dimse_timeout, network_timeout)
             tls = TLS(tls_cert, tls_key, tls_ca) if use_tls or tls_cert or tls_key or tls_ca else None
-            kwargs["connection"] = _resolve(ctx, host, port, peer, calling_aet, called_aet,
-                                            timeouts, max_pdu, tls)
+            absent = not (host or port or peer)
+            kwargs["connection"] = None if optional and absent else _resolve(
+                ctx, host, port, peer, calling_aet, called_aet, timeouts, max_pdu, tls)
             return func(*args, **kwargs)
 
         return _apply(wrapper, [
@@ -197,7 +201,7 @@ def _resolve(ctx, host, port, peer_name, calling_aet, called_aet, timeouts, max_
         if host or port:
             raise click.UsageError("give either HOST PORT or --peer, not both", ctx)
         entry = ctx.find_root().obj.config.peer(peer_name)
-        if not _given_explicitly(ctx, "called_aet"):
+        if not given_explicitly(ctx, "called_aet"):
             called_aet = validate_ae_title(entry.ae_title)
         host, port = entry.host, entry.port
         if tls is None and (entry.tls or entry.tls_ca or entry.tls_cert):
@@ -209,7 +213,7 @@ def _resolve(ctx, host, port, peer_name, calling_aet, called_aet, timeouts, max_
     return Connection(Peer(host, port, called_aet), calling_aet, timeouts, max_pdu, tls)
 
 
-def _given_explicitly(ctx, name: str) -> bool:
+def given_explicitly(ctx, name: str) -> bool:
     """True when the user typed the option or set its environment variable."""
     source = ctx.get_parameter_source(name)
     return source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)

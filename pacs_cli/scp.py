@@ -12,7 +12,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from pacs_cli.archive import Archive
-from pacs_cli.dimse import store
+from pacs_cli.dimse import find, store
 from pacs_cli.dimse.server import RunLimits, Server, Stats, association_handlers
 from pacs_cli.hooks import CommandRunner, EventLog
 from pacs_cli.options import Listener
@@ -28,6 +28,8 @@ class StoreSettings:
     events: Path | None
     exec_on_store: str | None
     faults: store.Faults
+    query: bool = True  # answer Patient/Study Root C-FIND from the index on the same port
+    max_results: int | None = None  # C-FIND: more matches than this end with 0xA700
 
 
 def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
@@ -39,7 +41,8 @@ def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
 
 
 class StorageSCP:
-    """storescp: Verification and Storage on one port, in front of an :class:`Archive`."""
+    """storescp: Verification, Storage and (unless ``query`` is off) Q/R FIND on one port, in front of
+    an :class:`Archive`."""
 
     def __init__(self, listener: Listener, settings: StoreSettings, debug: bool = False):
         self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
@@ -53,6 +56,9 @@ class StorageSCP:
             *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults),
         ]
         contexts = [build_context(Verification), *store.storage_contexts()]
+        if settings.query:
+            handlers += find.handlers(self.archive.index, find.QueryOptions(settings.max_results), self.events)
+            contexts += find.query_contexts()
         self.server = Server(listener, contexts, handlers)
 
     def run(self, limits: RunLimits, on_ready) -> None:

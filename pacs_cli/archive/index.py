@@ -1,7 +1,8 @@
 """The archive's SQLite index: schema, numbered migrations, and every SQL statement the archive runs.
 
-Nothing else in ``pacs_cli/archive`` writes SQL. Table and column names come only from
-:mod:`pacs_cli.archive.schema` (our constants); every value is a bound parameter.
+Nothing else in ``pacs_cli/archive`` writes SQL, except the C-FIND conditions :mod:`.matching` builds
+and :meth:`Index.find` runs. Table and column names come only from :mod:`pacs_cli.archive.schema` (our
+constants); every value is a bound parameter.
 
 Connections
     One per thread (``threading.local``), never shared: WAL journal, a 30 s busy timeout, foreign
@@ -35,16 +36,23 @@ from pathlib import Path
 
 import sqlite_utils
 
-from pacs_cli.archive import schema
-from pacs_cli.archive.schema import IMAGE, PATIENT, SERIES, STUDY
+from pacs_cli.archive import matching, schema
+from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another (a `pacs index` batch, another process)
 MIGRATIONS_TABLE = "_pacs_migrations"
 MAX_PARAMS = 500  # values per IN (...) list, well under SQLite's limit
 
-_ALIASES = {PATIENT: "p", STUDY: "st", SERIES: "se", IMAGE: "i"}
+_ALIASES = matching.TABLE_ALIASES  # p, st, se, i: the matching conditions are written against these
 _FROM_ALL = ("instances i JOIN series se ON i.series_pk = se.pk "
              "JOIN studies st ON se.study_pk = st.pk JOIN patients p ON st.patient_pk = p.pk")
+# C-FIND: one row per entity of the level, joined to its ancestors (whose keys may be matched too).
+_FROM_LEVEL = {
+    PATIENT: "patients p",
+    STUDY: "studies st JOIN patients p ON st.patient_pk = p.pk",
+    SERIES: "series se JOIN studies st ON se.study_pk = st.pk JOIN patients p ON st.patient_pk = p.pk",
+    IMAGE: _FROM_ALL,
+}
 _SELECT_ALL = ", ".join(
     [f"{_ALIASES[c.level]}.{c.column}" for c in schema.COLUMNS]
     + [f"i.{name}" for name in schema.FILE_COLUMNS]
@@ -280,6 +288,39 @@ class Index:
             "modalities": [dict(zip(("modality", "series", "instances", "bytes"), row)) for row in modalities],
             "sop_classes": [dict(zip(("sop_class_uid", "instances", "bytes"), row)) for row in sop_classes],
         }
+
+    def find(self, query: matching.Query) -> Iterator[dict[str, str]]:
+        """Stream the entities of ``query.level`` that match, one row each, as keyword -> string.
+
+        Each level has its own table, so a row is one patient, study, series or instance: never one
+        per instance below it (the qrscp sample app's mistake). Rows come straight from the cursor in
+        the order they were first stored, so a C-FIND SCP can answer the first match before the last
+        is read and stop between rows on C-CANCEL. Every column of the level and of the levels above
+        is returned; the caller picks what the identifier asked for. Use the generator in the thread
+        that iterates it: the connection is that thread's.
+        """
+        conn = self._query_connection()
+        columns = [c for c in schema.COLUMNS if LEVELS.index(c.level) <= LEVELS.index(query.level)]
+        sql = (f"SELECT {', '.join(matching.column_ref(c) for c in columns)} FROM {_FROM_LEVEL[query.level]} "
+               f"WHERE {query.where} ORDER BY {_ALIASES[query.level]}.pk")
+        cursor = conn.execute(sql, query.params)
+        try:
+            for row in cursor:
+                yield {c.keyword: "" if value is None else str(value) for c, value in zip(columns, row)}
+        finally:
+            cursor.close()
+
+    def _query_connection(self) -> sqlite3.Connection:
+        """This thread's connection, with the SQL functions C-FIND matching calls (TM/DT, PN groups).
+
+        Registered on first use only, so connections that never query stay as they were.
+        """
+        conn = self.db.conn
+        if getattr(self._local, "query_functions", None) is not conn:
+            for name, arguments, function in matching.sql_functions():
+                conn.create_function(name, arguments, function, deterministic=True)
+            self._local.query_functions = conn
+        return conn
 
     def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""

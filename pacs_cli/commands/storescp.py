@@ -37,10 +37,14 @@ def _status_code(text: str) -> int:
               help="Fault injection: wait this long before each C-STORE response.")
 @click.option("--fault-abort-after", type=click.IntRange(min=0), metavar="N",
               help="Fault injection: abort each association after N objects.")
+@click.option("--no-query", is_flag=True,
+              help="Do not answer C-FIND (Patient Root and Study Root Query/Retrieve) on this port.")
+@click.option("--max-results", type=click.IntRange(min=1), metavar="N",
+              help="C-FIND: send at most N matches, then answer 0xA700 (Out of Resources) if there are more.")
 @click.pass_obj
 def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync,
              ready_file, exit_after, idle_exit, events, exec_on_store, fault_status, fault_delay,
-             fault_abort_after):
+             fault_abort_after, no_query, max_results):
     """Receive DICOM objects into an archive with a SQLite index.
 
     Files are stored as received (no decode and re-encode), by default under
@@ -58,7 +62,8 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
     from pacs_cli.dimse.store import Faults
 
     settings = StoreSettings(archive_dir, db_path, path_template or layout, on_duplicate, fsync,
-                             events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after))
+                             events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after),
+                             query=not no_query, max_results=max_results)
     scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
 
     def ready(host, port):

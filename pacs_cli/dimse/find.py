@@ -1,0 +1,482 @@
+"""Query/Retrieve FIND (PS3.4 C.4.1, C.6) over the archive index, and the C-FIND SCU.
+
+SCP: :func:`handlers` answers Patient Root and Study Root C-FINDs from the archive's index. The
+identifier is checked (:func:`check_request`), matched in SQL (:mod:`pacs_cli.archive.matching`), and
+every matching patient, study, series or instance is sent as a pending response *while the cursor is
+read*, with ``event.is_cancelled`` checked between rows, so a C-CANCEL is answered with 0xFE00 at once.
+The handler never raises; it answers with a named status:
+
+==========  ===================================================================================
+0xFF00      Pending: one per match (PS3.4 C.4.1.1.4)
+0x0000      Success: all matches sent
+0xFE00      Cancel: C-CANCEL received; no more matches sent
+0xA700      Refused: Out of Resources: more matches than ``--max-results`` (the first ones were
+            sent), or the index is busy; ErrorComment says which
+0xA900      Identifier Does Not Match SOP Class: no or a wrong Query/Retrieve Level for the model,
+            or a key of a level below it (C.4.1.1.3.1); DCMTK's dcmqrscp answers these the same way
+0xC000      Unable to Process: a key value that cannot be matched (a malformed date range), or an
+            identifier that cannot be decoded; ErrorComment names the key
+==========  ===================================================================================
+
+(pynetdicom's ``QR_FIND_SERVICE_CLASS_STATUS`` lists these; 0xC000-0xCFFF are all "Unable to Process".)
+
+Responses carry the Query/Retrieve Level, the requested keys filled from the index (keys the index
+does not hold come back zero length, sequences empty), the unique key of the level even when not
+asked for, and Specific Character Set: ``ISO_IR 192`` when any value is not ASCII (the index holds
+Unicode), else the request's own value if it had one (ASCII fits every repertoire), else none (the
+default repertoire). Combined date-time matching is offered through
+SOP Class Extended Negotiation (C.5.1.1.2); relational queries are not.
+
+SCU: :func:`find` sends one C-FIND and yields each response identifier as it arrives; :func:`find_local`
+yields exactly what the SCP would send, straight from an index file, without a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import config as pydicom_config
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import evt
+from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from pacs_cli.archive import matching
+from pacs_cli.archive.index import Index
+from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEYS
+from pacs_cli.dimse import status as statuses
+from pacs_cli.dimse.ae import associate
+from pacs_cli.dimse.identifiers import NUMBER_VRS, Key, Text, build_identifier, key_texts, merge, parse_keys
+from pacs_cli.errors import AssociationAborted, NetworkTimeout, OperationFailed, UsageError
+from pacs_cli.options import Connection
+
+log = logging.getLogger("pacs_cli.find")
+
+SUCCESS, CANCEL, PENDING = 0x0000, 0xFE00, 0xFF00
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET = 0x00080052, 0x00080005
+UTF8 = "ISO_IR 192"
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]  # no Deflated: no inflate bombs
+MAX_QUEUED_PDUS = 8  # responses (a command and a dataset PDU each) waiting in pynetdicom's send queue
+
+
+@dataclass(frozen=True)
+class Model:
+    """An information model for FIND: its SOP Class and the levels it has (none for worklist)."""
+
+    name: str
+    uid: str
+    levels: tuple[str, ...]
+    title: str
+
+    def __str__(self) -> str:
+        return self.title
+
+
+MODELS = {
+    "patient": Model("patient", PatientRootQueryRetrieveInformationModelFind, LEVELS, "Patient Root"),
+    "study": Model("study", StudyRootQueryRetrieveInformationModelFind, (STUDY, SERIES, IMAGE), "Study Root"),
+    "worklist": Model("worklist", ModalityWorklistInformationFind, (), "Modality Worklist"),
+}
+BY_UID = {model.uid: model for model in MODELS.values()}
+SERVED = (MODELS["patient"], MODELS["study"])  # what the SCP answers
+
+# Return keys sent unless --no-default-keys; the user's -k keys replace these or follow them.
+_PATIENT_ROOT_UP = ["PatientID"]
+DEFAULT_KEYS = {
+    ("patient", PATIENT): ["PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                           "NumberOfPatientRelatedStudies"],
+    ("patient", STUDY): ["PatientID", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                         "StudyDescription", "ModalitiesInStudy"],
+    ("study", STUDY): ["PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                       "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances"],
+    ("study", SERIES): ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+                        "NumberOfSeriesRelatedInstances"],
+    ("study", IMAGE): ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber"],
+    ("worklist", None): [
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+        "RequestedProcedureID", "RequestedProcedureDescription",
+        *(f"ScheduledProcedureStepSequence[0].{k}" for k in (
+            "ScheduledStationAETitle", "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime",
+            "Modality", "ScheduledProcedureStepDescription", "ScheduledProcedureStepID")),
+    ],
+}
+DEFAULT_KEYS[("patient", SERIES)] = _PATIENT_ROOT_UP + DEFAULT_KEYS[("study", SERIES)]
+DEFAULT_KEYS[("patient", IMAGE)] = _PATIENT_ROOT_UP + DEFAULT_KEYS[("study", IMAGE)]
+
+
+def query_contexts():
+    """The FIND contexts storescp offers: Patient Root and Study Root, uncompressed only."""
+    return [build_context(model.uid, TRANSFER_SYNTAXES) for model in SERVED]
+
+
+# --- the SCP ------------------------------------------------------------------------------------
+
+class Refused(Exception):
+    """The identifier cannot be answered; ``status`` and ``comment`` go into the final response."""
+
+    def __init__(self, status: int, comment: str):
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked C-FIND identifier: what to match and what to return."""
+
+    model: Model
+    level: str
+    query: matching.Query
+    keys: tuple[Text, ...]
+
+    @property
+    def character_set(self) -> list[str]:
+        """The request's Specific Character Set values, [] when it had none."""
+        texts = [k.text for k in self.keys if k.tag == SPECIFIC_CHARACTER_SET]
+        return [v.strip() for v in texts[0].split("\\")] if texts and texts[0].strip() else []
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    max_results: int | None = None  # more matches end with 0xA700 after this many
+
+
+def check_request(identifier: Dataset, model: Model, combined_datetime: bool = False) -> Request:
+    """Check the level and the keys (PS3.4 C.4.1.1.3) and build the query; raises Refused."""
+    keys = tuple(key_texts(identifier))
+    levels = [k.text.upper() for k in keys if k.tag == QUERY_RETRIEVE_LEVEL]
+    if not levels or not levels[0]:
+        raise Refused(IDENTIFIER_DOES_NOT_MATCH, "no Query/Retrieve Level (0008,0052) in the identifier")
+    level = levels[0]
+    if level not in model.levels:
+        raise Refused(IDENTIFIER_DOES_NOT_MATCH, f"{model} has no level {level!r}")
+    texts = {k.keyword: k.text for k in keys if k.keyword and k.vr != "SQ"}
+    try:
+        query = matching.build_query(level, texts, combined_datetime)
+    except matching.IdentifierError as exc:
+        raise Refused(IDENTIFIER_DOES_NOT_MATCH, str(exc)) from None
+    except matching.BadKeyValue as exc:
+        raise Refused(UNABLE_TO_PROCESS, str(exc)) from None
+    return Request(model, level, query, keys)
+
+
+def answers(index: Index, request: Request) -> Iterator[Dataset]:
+    """One response identifier per matching entity, built as the index's cursor is read."""
+    for row in index.find(request.query):
+        yield response(request, row)
+
+
+def response(request: Request, row: dict[str, str]) -> Dataset:
+    """The response identifier for one row: every requested key, filled or zero length."""
+    elements = {}
+    for key in request.keys:
+        if key.tag == SPECIFIC_CHARACTER_SET or key.tag >> 16 < 0x0008:  # groups 0000-0007 are no data
+            continue
+        if key.tag == QUERY_RETRIEVE_LEVEL:
+            elements[key.tag] = (key.vr, request.level)
+            continue
+        column = matching.column_for(key.keyword)
+        value = row.get(column.keyword, "") if column is not None else ""
+        elements[key.tag] = (key.vr, Sequence() if key.vr == "SQ" else value)
+    unique = UNIQUE_KEYS[request.level]
+    elements.setdefault(tag_for_keyword(unique.keyword), (unique.vr, row.get(unique.keyword, "")))
+    ds = Dataset()
+    if any(isinstance(v, str) and not v.isascii() for _, v in elements.values()):
+        ds.SpecificCharacterSet = UTF8  # set first: values are encoded with it
+    elif request.character_set:
+        ds.SpecificCharacterSet = request.character_set  # ASCII fits the request's own repertoire
+    for tag, (vr, value) in sorted(elements.items()):
+        value = None if value == "" and vr in NUMBER_VRS else value  # binary numbers: empty is None
+        ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
+    return ds
+
+
+def status_dataset(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds
+
+
+def combined_datetime_agreed(assoc, model: Model) -> bool:
+    """True when this association agreed combined date-time matching for ``model`` (C.5.1.1.2, byte 2)."""
+    info = assoc.acceptor.sop_class_extended.get(model.uid) or b""
+    return len(info) > 1 and info[1] == 1
+
+
+def handle_extended(event) -> dict:
+    """EVT_SOP_EXTENDED: accept combined date-time matching; refuse relational queries and the rest."""
+    replies = {}
+    for uid, info in event.app_info.items():
+        if uid in BY_UID and BY_UID[uid] in SERVED and info:
+            reply = bytearray(len(info))  # byte 1, relational queries: 0, not supported
+            if len(info) > 1 and info[1] == 1:
+                reply[1] = 1  # byte 2: combined date and time range matching performed
+            replies[uid] = bytes(reply)
+    return replies
+
+
+def handle_find(event, index: Index, options: QueryOptions, events=None):
+    """EVT_C_FIND: stream the matches as pending responses; never raises, ends with a named status."""
+    calling = event.assoc.requestor.ae_title
+    model = BY_UID.get(str(event.request.AffectedSOPClassUID))
+    outcome = {"status": None, "matches": 0, "level": ""}
+    try:
+        request = _request(event, model)
+        outcome["level"] = request.level
+        yield from _matches(event, index, request, options, outcome)
+    except Refused as exc:
+        outcome["status"] = exc.status
+        log.warning("C-FIND from %s refused: 0x%04X %s", calling, exc.status, exc.comment)
+        yield status_dataset(exc.status, exc.comment), None
+    except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
+        # A locked or busy index is worth retrying: "out of resources"; anything else: "unable to process".
+        code = OUT_OF_RESOURCES if isinstance(exc, sqlite3.OperationalError) else UNABLE_TO_PROCESS
+        outcome["status"] = code
+        log.warning("C-FIND from %s failed: %s: %s", calling, type(exc).__name__, exc)
+        log.debug("C-FIND failure", exc_info=exc)
+        yield status_dataset(code, f"the index failed: {type(exc).__name__}"), None
+    finally:
+        _record(outcome, calling, model, events)
+
+
+def _request(event, model: Model) -> Request:
+    try:
+        identifier = event.identifier
+    except Exception as exc:  # noqa: BLE001 - an identifier pydicom cannot decode
+        raise Refused(UNABLE_TO_PROCESS, f"cannot decode the identifier: {type(exc).__name__}") from None
+    return check_request(identifier, model, combined_datetime_agreed(event.assoc, model))
+
+
+def _matches(event, index: Index, request: Request, options: QueryOptions, outcome: dict):
+    """Pending responses read from the cursor; C-CANCEL and --max-results checked between rows."""
+    limit = options.max_results
+    for ds in answers(index, request):
+        _wait_for_the_network(event.assoc)
+        if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
+            outcome["status"] = CANCEL
+            yield CANCEL, None
+            return
+        if limit is not None and outcome["matches"] >= limit:  # a match beyond the cap exists
+            outcome["status"] = OUT_OF_RESOURCES
+            yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
+            return
+        outcome["matches"] += 1
+        yield PENDING, ds
+    outcome["status"] = SUCCESS
+
+
+def _wait_for_the_network(assoc, queued: int = MAX_QUEUED_PDUS) -> None:
+    """Hold the next row until the responses already queued have (nearly) gone out.
+
+    pynetdicom queues every response without limit, and its DUL thread reads the socket only when it
+    has nothing left to send (dul.py ``run_reactor``: send *or* receive per loop). A handler that
+    outpaces the network would hold the whole result set in memory and leave a C-CANCEL unread until
+    all of it was sent. Keeping the queue short keeps memory bounded and the C-CANCEL prompt.
+    """
+    pending = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    if pending is None:
+        return
+    while pending.qsize() > queued and assoc.is_established:
+        time.sleep(0.0005)
+
+
+def _record(outcome: dict, calling: str, model: Model | None, events) -> None:
+    code = outcome["status"]
+    words = "association ended" if code is None else statuses.describe(code, "find")
+    log.info("C-FIND %s %s from %s: %d match(es), %s", model, outcome["level"], calling, outcome["matches"], words)
+    if events is not None:
+        events.write("query", calling_aet=calling, model=model.name if model else "", level=outcome["level"],
+                     matches=outcome["matches"], status="" if code is None else f"0x{code:04X}")
+
+
+def handlers(index: Index, options: QueryOptions, events=None):
+    return [
+        (evt.EVT_C_FIND, handle_find, [index, options, events]),
+        (evt.EVT_SOP_EXTENDED, handle_extended),
+    ]
+
+
+# --- the SCU ------------------------------------------------------------------------------------
+
+def make_identifier(model: Model, level: str | None, keys: list[Key], defaults: bool = True):
+    """(identifier, columns): the user's keys over the model's default return keys, with the level.
+
+    ``columns`` are the key paths in order (the default keys first), for tables and CSV headers.
+    """
+    given = [k.value for k in keys if k.path == ((QUERY_RETRIEVE_LEVEL, -1),)]
+    keys = [k for k in keys if k.path != ((QUERY_RETRIEVE_LEVEL, -1),)]
+    level = _level(model, level, given[-1] if given else None)
+    default = parse_keys((text, "default key") for text in DEFAULT_KEYS[(model.name, level)]) if defaults else []
+    keys = merge(default, keys)
+    if level is not None:
+        keys.insert(0, Key(((QUERY_RETRIEVE_LEVEL, -1),), level, "CS"))
+    columns = [k.name for k in keys
+               if k.tag not in (QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET) and not _holds_keys(k, keys)]
+    return build_identifier(keys), columns
+
+
+def _holds_keys(key: Key, keys: list[Key]) -> bool:
+    """A sequence key that other keys reach into: its column would repeat theirs."""
+    depth = len(key.path) - 1
+    return key.vr == "SQ" and any(len(o.path) > depth + 1 and o.path[:depth] == key.path[:depth]
+                                  and o.path[depth][0] == key.tag for o in keys)
+
+
+def _level(model: Model, level: str | None, given: str | None) -> str | None:
+    if model.name == "worklist":
+        if level or given:
+            raise UsageError("Modality Worklist queries have no level", "leave out --level and QueryRetrieveLevel")
+        return None
+    if level and given and level.upper() != given:
+        raise UsageError(f"--level {level} and -k QueryRetrieveLevel={given} disagree")
+    level = (level or given or model.levels[0]).upper()
+    if level not in model.levels:
+        raise UsageError(f"the {model} model has no {level} level",
+                         f"levels: {', '.join(model.levels)}" + ("; use --model patient" if level == PATIENT else ""))
+    return level
+
+
+@dataclass
+class Outcome:
+    """How a FIND ended: the final status, its comment, and the number of matches received."""
+
+    status: int | None = None
+    comment: str = ""
+    matches: int = 0
+    where: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def find(connection: Connection, identifier: Dataset, model: Model, outcome: Outcome,
+         combined_datetime: bool = False) -> Iterator[Dataset]:
+    """Send one C-FIND and yield each match as it arrives; ``outcome`` holds the final status after.
+
+    Raises NetworkError subclasses (exit 3) when the association cannot be made or breaks.
+    """
+    outcome.where = f"on {connection.peer}"
+    ext_neg = [_datetime_negotiation(model)] if combined_datetime else None
+    with associate(connection, [build_context(model.uid, TRANSFER_SYNTAXES)], ext_neg=ext_neg) as assoc:
+        if combined_datetime and not combined_datetime_agreed(assoc, model):
+            outcome.notes.append("the peer did not agree to combined date-time matching: "
+                                 "dates and times are matched separately")
+        for rsp_status, rsp in assoc.send_c_find(identifier, model.uid):
+            if "Status" not in rsp_status:
+                _raise_lost(assoc, connection)
+            code = rsp_status.Status
+            if statuses.category(code) == "Pending":
+                outcome.matches += 1
+                if rsp is not None:
+                    yield rsp
+                continue
+            outcome.status = code
+            outcome.comment = str(rsp_status.get("ErrorComment", "") or "")
+
+
+def _datetime_negotiation(model: Model) -> SOPClassExtendedNegotiation:
+    item = SOPClassExtendedNegotiation()
+    item.sop_class_uid = model.uid
+    item.service_class_application_information = b"\x00\x01"  # no relational queries; combined date-time
+    return item
+
+
+def _raise_lost(assoc, connection: Connection):
+    if assoc.is_aborted:
+        raise AssociationAborted(f"{connection.peer} aborted the association during C-FIND")
+    raise NetworkTimeout(f"no C-FIND response from {connection.peer} within {connection.timeouts.dimse:g} s",
+                         "raise -td")
+
+
+def find_local(db_path: Path, identifier: Dataset, model: Model, outcome: Outcome,
+               combined_datetime: bool = False) -> Iterator[Dataset]:
+    """What storescp would answer to ``identifier``, read from the index at ``db_path``, no network."""
+    if model not in SERVED:
+        raise UsageError(f"the archive index answers Patient Root and Study Root queries, not {model}",
+                         "query a worklist SCP over the network")
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise UsageError(f"no index at {db_path}", "give --db INDEX or --dir ARCHIVE of an existing archive")
+    outcome.where = f"in {db_path}"
+    index = Index.open(db_path)
+    try:
+        try:
+            request = check_request(identifier, model, combined_datetime)
+        except Refused as exc:
+            outcome.status, outcome.comment = exc.status, exc.comment
+            return
+        for ds in answers(index, request):
+            outcome.matches += 1
+            yield ds
+        outcome.status = SUCCESS
+    finally:
+        index.close()
+
+
+def check(outcome: Outcome) -> None:
+    """Raise OperationFailed (exit 1) unless the FIND ended in success or a warning."""
+    for note in outcome.notes:
+        log.warning(note)
+    code = outcome.status
+    if code is None or code == SUCCESS:
+        return
+    words = statuses.describe(code, "find") + (f" ({outcome.comment})" if outcome.comment else "")
+    if statuses.category(code) == "Warning":
+        log.warning("C-FIND %s ended with %s", outcome.where, words)
+        return
+    raise OperationFailed(f"C-FIND {outcome.where} failed after {outcome.matches} match(es): {words}",
+                          _failure_hint(code))
+
+
+def _failure_hint(code: int) -> str | None:
+    if code == IDENTIFIER_DOES_NOT_MATCH:
+        return ("check --model and --level; a level's query may not hold keys of the levels below it, and "
+                "strict peers want the unique keys of the levels above (PS3.4 C.4.1.1.3)")
+    if code == OUT_OF_RESOURCES:
+        return "narrow the query, or try again later"
+    if 0xC000 <= code <= 0xCFFF:
+        return "check the key values"
+    return None
+
+
+def saved(responses: Iterable[Dataset], directory: Path, model: Model) -> Iterator[Dataset]:
+    """Write each response to ``directory/rspNNNN.dcm`` (DCMTK findscu -X's names), then yield it.
+
+    The names come from a counter, never from the peer's values. Files are Part 10, so
+    ``pacs dump`` and ``dcmdump`` read them.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --write directory {directory}: {exc.strerror}") from None
+    for number, ds in enumerate(responses, 1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = model.uid
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = directory / f"rsp{number:04d}.dcm"
+        try:
+            ds.save_as(path, enforce_file_format=True)
+        except OSError as exc:
+            raise OperationFailed(f"cannot write {path}: {exc.strerror}") from None
+        yield ds
