@@ -19,8 +19,10 @@ COMMANDS = {
     "dump": "pacs_cli.commands.dump:dump",
     "index": "pacs_cli.commands.index:index",
     "storescp": "pacs_cli.commands.storescp:storescp",
+    "storescu": "pacs_cli.commands.storescu:storescu",
+    "findscu": "pacs_cli.commands.find:findscu",
 }
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"find": "findscu"}
 
 log = logging.getLogger("pacs_cli")
 

@@ -1,0 +1,1110 @@
+"""Storage SCU (PS3.4 Annex B): send files to a peer with C-STORE, as ``pacs storescu`` does.
+
+The steps, each a small function below:
+
+1. **gather** files, directories (recursive unless told otherwise), glob patterns and paths read from
+   stdin, in the order given.
+2. **scan** headers only: the file meta gives the Transfer Syntax, and the dataset is read only up to
+   (0008,0018) for its SOP Class and Instance UIDs (tens of µs a file). A file without a Part 10 preamble
+   (a raw dataset) is read with ``dcmread(force=True, stop_before_pixels=True)`` instead and is later sent
+   decoded. Files that are not DICOM, and DICOMDIRs, are skipped and counted.
+3. **journal**: drop the files the same peer already confirmed in an earlier run.
+4. **plan**: shard the files over N associations; per shard, batches of at most 128 presentation contexts
+   (PS3.8 9.3.2.2 allows 128 per association): Verification, one context per (SOP Class, Transfer Syntax)
+   carrying that transfer syntax only, and per SOP Class one conversion context carrying the uncompressed
+   ones (``--ts``).
+5. **send**: a file whose own transfer syntax was accepted goes out from disk in PDU-sized pieces, never
+   decoded (pynetdicom's chunked send; it needs an exact transfer syntax match). Otherwise the file is
+   decoded and sent in the conversion context's transfer syntax: implicit/explicit VR, inflated, byte
+   order swapped, or - with ``decompress`` - its pixel data decompressed.
+6. **retry** connection failures, transient rejections and aborts with exponential backoff, resending only
+   what the peer has not confirmed.
+
+Results stream to the caller one :class:`FileResult` per file. Never imports click or rich.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from pydicom import dcmread
+from pydicom.filereader import read_dataset, read_preamble
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config, build_context, evt
+from pynetdicom.pdu_primitives import A_ABORT
+
+from pacs_cli.dimse import status as statuses
+from pacs_cli.dimse.ae import associate
+from pacs_cli.errors import AssociationAborted, AssociationRejected, NetworkError, NetworkTimeout, PacsError
+from pacs_cli.options import Connection
+
+log = logging.getLogger("pacs_cli.storescu")
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: context IDs are the odd numbers 1-255
+VERIFICATION = "1.2.840.10008.1.1"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR describes files; it is not an instance to store
+TARGETS = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
+DEFAULT_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# pynetdicom queues every P-DATA of a message before the DUL thread has sent the first: without a bound a
+# large file sits in memory whenever the disk is faster than the network (notes/pynetdicom.md 2.3).
+QUEUED_PDUS = 16
+MAX_RETRY_DELAY = 60.0
+SLOWEST_RATE = 10e6  # bytes/s: -td is extended by size / this, as pynetdicom counts transmission time in it
+CODECS_HINT = "pip install 'pacs-cli[codecs]' adds the JPEG, JPEG-LS and JPEG 2000 decoders"
+# PS3.5 7.3: values of these VRs are sequences of words of this many bytes, swapped between byte orders.
+WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+PIXEL_DATA = 0x7FE00010
+SOP_INSTANCE_UID = 0x00080018
+NO_UIDS = "no SOP Class or SOP Instance UID in the dataset"
+
+STORED, WARNING, FAILED, SKIPPED, ALREADY_SENT = "stored", "warning", "failed", "skipped", "already-sent"
+
+
+# --- what the caller asks for and what it gets back -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marking:
+    """What happens to a file once its outcome is known: a suffix appended, or a move into a directory."""
+
+    suffix: str | None = None
+    directory: Path | None = None
+
+    def apply(self, path: str) -> str:
+        """Rename or move ``path``; return where it went. Never overwrites: a clash gets ``.1``, ``.2``..."""
+        if self.suffix:
+            target = path + self.suffix
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            target = str(self.directory / os.path.basename(path))
+        candidate, number = target, 0
+        while os.path.lexists(candidate):
+            number += 1
+            candidate = f"{target}.{number}"
+        shutil.move(path, candidate)
+        return candidate
+
+    def marks(self, path: str) -> bool:
+        """True for a file this marking produced, so a directory walk does not pick it up again."""
+        return bool(self.suffix) and path.endswith(self.suffix)
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    recurse: bool = True
+    associations: int = 1
+    parallel: str = "process"  # "process" or "thread"; see commands/storescu.py for the measurements
+    retries: int = 0
+    retry_delay: float = 1.0
+    decompress: bool = False
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # uncompressed transfer syntaxes to convert to, preferred first
+    journal: Path | None = None
+    on_success: Marking | None = None
+    on_failure: Marking | None = None
+    null_separated: bool = False  # paths on stdin separated by NUL instead of newline
+    keep_results: bool = False  # keep every FileResult (for --report)
+
+
+@dataclass(slots=True)
+class Item:
+    """A file to send, as its header describes it."""
+
+    index: int  # position in the input, to keep each association's files in input order
+    path: str
+    size: int
+    mtime_ns: int
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    chunked: bool  # a complete file meta: the dataset can go out from disk as it is
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What happened to one file; ``reason`` is short and shared by files that failed alike."""
+
+    path: str
+    outcome: str  # stored, warning, failed, skipped, already-sent
+    size: int = 0
+    mtime_ns: int = 0
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    source_transfer_syntax: str | None = None
+    transfer_syntax: str | None = None  # as sent on the wire
+    conversion: str | None = None  # None: sent from disk as it is; "decoded", "converted", "decompressed"
+    status: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    error_comment: str | None = None
+    hint: str | None = None  # what to do about ``reason``
+    index: int = -1
+    marked_as: str | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        """The peer has the instance: it answered success or a warning (now or in an earlier run)."""
+        return self.outcome in (STORED, WARNING, ALREADY_SENT)
+
+    def record(self) -> dict:
+        """The JSON shape of a result (ndjson lines and --report): strings stay strings, status as hex."""
+        return {
+            "path": self.path,
+            "outcome": self.outcome,
+            "sop_class_uid": self.sop_class_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "transfer_syntax": self.transfer_syntax,
+            "source_transfer_syntax": self.source_transfer_syntax,
+            "conversion": self.conversion,
+            "status": None if self.status is None else f"0x{self.status:04X}",
+            "status_meaning": None if self.status is None else statuses.describe(self.status, "store"),
+            "error": self.error,
+            "error_comment": self.error_comment,
+            "size": self.size,
+            "marked_as": self.marked_as,
+        }
+
+
+@dataclass
+class Summary:
+    """Counts for the closing lines, kept as results arrive."""
+
+    stored: int = 0
+    warnings: int = 0
+    already_sent: int = 0
+    bytes: int = 0
+    failed: collections.Counter = field(default_factory=collections.Counter)
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    associations: int = 0
+    planned_files: int = 0
+    planned_bytes: int = 0
+    seconds: float = 0.0
+    network_error: NetworkError | None = None
+    hints: dict = field(default_factory=dict)  # reason -> what to do about it
+
+    def add(self, result: FileResult) -> None:
+        if result.outcome in (STORED, WARNING):
+            self.stored += 1
+            self.warnings += result.outcome == WARNING
+            self.bytes += result.size
+        elif result.outcome == ALREADY_SENT:
+            self.already_sent += 1
+        elif result.outcome == SKIPPED:
+            self.skipped[result.reason] += 1
+        else:
+            self.failed[result.reason] += 1
+            if result.hint:
+                self.hints.setdefault(result.reason, result.hint)
+
+    @property
+    def failures(self) -> int:
+        return sum(self.failed.values())
+
+
+class NullReporter:
+    """What :class:`StoreSCU` tells as it goes; this one listens to nothing."""
+
+    def planned(self, files: int, size: int) -> None:
+        pass
+
+    def result(self, result: FileResult) -> None:
+        pass
+
+
+# --- 1. gather ------------------------------------------------------------------------------------------
+
+
+def gather(sources: Iterable[str], recurse: bool, stdin=None, null_separated: bool = False,
+           exclude: Callable[[str], bool] = lambda path: False) -> Iterator[str]:
+    """Yield the files to consider, in the order given; '-' reads paths from ``stdin`` (a binary stream).
+
+    A path that does not exist and looks like a glob pattern is expanded (``**`` recurses); one that does
+    not exist otherwise is yielded as it is, so that scanning reports it as a failure.
+    """
+    for source in sources:
+        if source == "-":
+            for line in _stdin_paths(stdin, null_separated):
+                yield from _expand(line, recurse, exclude, patterns=False)
+        else:
+            yield from _expand(source, recurse, exclude, patterns=True)
+
+
+def _stdin_paths(stdin, null_separated: bool) -> Iterator[str]:
+    separator = b"\0" if null_separated else b"\n"
+    data = stdin.read() if stdin is not None else b""
+    for raw in data.split(separator):
+        raw = raw.rstrip(b"\r") if not null_separated else raw
+        if raw.strip():
+            yield os.fsdecode(raw)
+
+
+def _expand(source: str, recurse: bool, exclude, patterns: bool) -> Iterator[str]:
+    if os.path.isdir(source):
+        yield from _walk(source, recurse, exclude)
+    elif not os.path.lexists(source) and patterns and glob.has_magic(source):
+        matches = sorted(glob.glob(source, recursive=True))
+        if not matches:
+            log.warning("%s: no file matches this pattern", source)
+        for match in matches:
+            yield from _expand(match, recurse, exclude, patterns=False)
+    else:
+        yield source
+
+
+def _walk(directory: str, recurse: bool, exclude) -> Iterator[str]:
+    """Files under ``directory`` in name order; directory symlinks are not followed (no loops)."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        log.warning("%s: cannot list directory: %s", directory, exc.strerror)
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if recurse and not exclude(entry.path):
+                yield from _walk(entry.path, recurse, exclude)
+        elif entry.is_file() and not exclude(entry.path):
+            yield entry.path
+
+
+# --- 2. scan --------------------------------------------------------------------------------------------
+
+
+def scan(path: str, index: int = 0) -> Item | FileResult:
+    """An :class:`Item` for a sendable file, else the result saying why it will not be sent."""
+    try:
+        stat = os.stat(path)
+        with open(path, "rb") as fp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = _read_part10_header(fp)
+    except OSError as exc:
+        return _failed_file(path, index, f"cannot read: {exc.strerror}")
+    except Exception:  # noqa: BLE001 - no Part 10 preamble, or a broken meta group: try it as a raw dataset
+        header = None
+    if header is None:
+        return _scan_dataset(path, index, stat)
+    meta, offset, sop_class, sop_instance = header
+    if meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+        return _skipped(path, index, "DICOMDIR", stat.st_size)
+    if not (_valid_uid(sop_class) and _valid_uid(sop_instance)):
+        return _failed_file(path, index, NO_UIDS, stat.st_size)
+    syntax = meta.get("TransferSyntaxUID")
+    # pynetdicom sends from disk with the file meta's UIDs in the command; PS3.10 7.1 makes them equal
+    # to the dataset's, and when a file breaks that rule the dataset's win (as in DCMTK): send it decoded.
+    chunked = bool(syntax) and (meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")) \
+        == (sop_class, sop_instance)
+    if syntax and not chunked:
+        log.info("%s: file meta UIDs differ from the dataset's; the dataset's are used", path)
+    if chunked and (stat.st_size - offset) % 2:
+        # PS3.5 7.1 and A.5: an encoded dataset has even length (a deflated one is padded with 00H);
+        # peers refuse an odd PDV (DCMTK: "Odd Fragment Length"), so it is re-encoded instead.
+        log.info("%s: odd dataset length; it is sent re-encoded", path)
+        chunked = False
+    return Item(index, path, stat.st_size, stat.st_mtime_ns, str(sop_class), str(sop_instance),
+                str(syntax or _guess_syntax(path)), chunked)
+
+
+def _read_part10_header(fp):
+    """(file meta, dataset offset, SOP Class UID, SOP Instance UID) of a Part 10 file, read up to (0008,0018).
+
+    The meta is read as pynetdicom's ``split_dataset`` reads it, so the two agree on where the dataset
+    starts. A deflated dataset is not inflated here: its meta UIDs are taken as the dataset's.
+    """
+    read_preamble(fp, False)
+    meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2)
+    offset, syntax = fp.tell(), meta.get("TransferSyntaxUID")
+    if syntax is None or UID(syntax).is_deflated:
+        return meta, offset, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+    syntax = UID(syntax)
+    first = read_dataset(fp, is_implicit_VR=syntax.is_implicit_VR, is_little_endian=syntax.is_little_endian,
+                         stop_when=lambda tag, vr, length: tag > SOP_INSTANCE_UID)
+    return meta, offset, first.get("SOPClassUID"), first.get("SOPInstanceUID")
+
+
+def _scan_dataset(path: str, index: int, stat) -> Item | FileResult:
+    """A file without a Part 10 preamble: a raw dataset if it holds SOP UIDs, else not DICOM."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True, stop_before_pixels=True,
+                         specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    except Exception:  # noqa: BLE001 - whatever pydicom makes of a non-DICOM file
+        return _skipped(path, index, "not DICOM", stat.st_size)
+    if not (_valid_uid(sop_class) and _valid_uid(sop_instance)):
+        return _skipped(path, index, "not DICOM", stat.st_size)
+    syntax = ds.file_meta.get("TransferSyntaxUID") or _syntax_of(ds.original_encoding)
+    return Item(index, path, stat.st_size, stat.st_mtime_ns, str(sop_class), str(sop_instance), str(syntax),
+                chunked=False)
+
+
+def _guess_syntax(path: str) -> UID:
+    """A Part 10 file whose meta lacks (0002,0010): the encoding pydicom detects in the dataset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return _syntax_of(ds.original_encoding)
+
+
+def _valid_uid(value) -> bool:
+    return isinstance(value, str) and bool(value) and UID(value).is_valid
+
+
+def _syntax_of(encoding: tuple) -> UID:
+    """The transfer syntax pydicom guessed for a raw dataset, from its (implicit VR, little endian)."""
+    implicit, little = encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little or little is None else ExplicitVRBigEndian
+
+
+def _skipped(path: str, index: int, reason: str, size: int = 0) -> FileResult:
+    return FileResult(path, SKIPPED, size=size, reason=reason, error=reason, index=index)
+
+
+def _failed_file(path: str, index: int, reason: str, size: int = 0) -> FileResult:
+    return FileResult(path, FAILED, size=size, reason=reason, error=reason, index=index)
+
+
+# --- 3. journal -----------------------------------------------------------------------------------------
+
+
+def peer_key(connection: Connection) -> str:
+    peer = connection.peer
+    return f"{peer.ae_title}@{peer.host}:{peer.port}"
+
+
+class Journal:
+    """What a peer confirmed, one JSON line per instance, appended and fsync'd before we move on.
+
+    A file counts as sent when a line has the same peer, absolute path, size, mtime and SOP Instance
+    UID: a changed or replaced file is sent again. Lines are written by one process (the parent) only,
+    after the peer's response arrived; a crash between the response and the write means the instance is
+    sent once more next time, never that one is missed.
+    """
+
+    def __init__(self, path: Path, peer: str):
+        self.path, self.peer = path, peer
+        self._known = self._load(path, peer)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PacsError(f"cannot open journal {path}: {exc.strerror}") from None
+
+    @staticmethod
+    def _load(path: Path, peer: str) -> set:
+        known = set()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return known
+        except OSError as exc:
+            raise PacsError(f"cannot read journal {path}: {exc.strerror}") from None
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                if entry["peer"] == peer:
+                    known.add((entry["path"], entry["size"], entry["mtime_ns"], entry["sop_instance_uid"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that instance is simply sent again
+        return known
+
+    @staticmethod
+    def _key(path: str, size: int, mtime_ns: int, sop_instance: str | None) -> tuple:
+        return (os.path.abspath(path), size, mtime_ns, sop_instance)
+
+    def confirmed(self, item: Item) -> bool:
+        return self._key(item.path, item.size, item.mtime_ns, item.sop_instance) in self._known
+
+    def record(self, result: FileResult) -> None:
+        key = self._key(result.path, result.size, result.mtime_ns, result.sop_instance_uid)
+        entry = {"peer": self.peer, "path": key[0], "size": key[1], "mtime_ns": key[2],
+                 "sop_instance_uid": key[3], "status": f"0x{result.status:04X}",
+                 "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        os.write(self._fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.fsync(self._fd)
+        self._known.add(key)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+# --- 4. plan --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Files sent over one association, and the presentation contexts proposed for them, in ID order."""
+
+    items: list[Item]
+    roles: list[tuple[str, str, tuple[str, ...]]]  # ("verification" | "exact" | "convert", SOP Class, syntaxes)
+
+    def contexts(self) -> list:
+        return [build_context(sop_class, list(syntaxes)) for _, sop_class, syntaxes in self.roles]
+
+
+def shard(items: list[Item], count: int) -> list[list[Item]]:
+    """Split over ``count`` associations with about equal bytes each (largest first to the lightest)."""
+    shards: list[list[Item]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(items, key=lambda i: i.size, reverse=True):
+        lightest = loads.index(min(loads))
+        shards[lightest].append(item)
+        loads[lightest] += item.size
+    return [sorted(s, key=lambda i: i.index) for s in shards if s]
+
+
+def plan_batches(items: list[Item], targets: tuple[str, ...]) -> list[Batch]:
+    """Group files by SOP Class into batches of at most 128 presentation contexts.
+
+    Each batch proposes Verification (so the association stands even if every storage context is
+    refused, and we learn why per context), one context per (SOP Class, Transfer Syntax) with just that
+    transfer syntax - separate contexts make the peer answer each, and an exact match lets the file go
+    out unchanged - and one conversion context per SOP Class with ``targets``.
+    """
+    by_class: dict[str, list[Item]] = {}
+    for item in items:
+        by_class.setdefault(item.sop_class, []).append(item)
+    batches: list[Batch] = []
+    roles: list = []
+    members: list[Item] = []
+    for sop_class, files in by_class.items():
+        for group_roles, group_items in _class_groups(sop_class, files, targets):
+            if roles and len(roles) + len(group_roles) > MAX_CONTEXTS - 1:
+                batches.append(_batch(members, roles))
+                roles, members = [], []
+            roles += group_roles
+            members += group_items
+    if roles:
+        batches.append(_batch(members, roles))
+    return batches
+
+
+def _class_groups(sop_class: str, files: list[Item], targets: tuple[str, ...]):
+    """The contexts one SOP Class needs, split when it alone has more syntaxes than a batch can hold."""
+    syntaxes = list(dict.fromkeys(item.transfer_syntax for item in files))
+    room = MAX_CONTEXTS - 2  # Verification and the conversion context
+    for start in range(0, len(syntaxes), room):
+        part = syntaxes[start:start + room]
+        roles = [("exact", sop_class, (syntax,)) for syntax in part]
+        if not (len(targets) == 1 and targets[0] in part):
+            roles.append(("convert", sop_class, tuple(targets)))
+        yield roles, [item for item in files if item.transfer_syntax in part]
+
+
+def _batch(items: list[Item], roles: list) -> Batch:
+    return Batch(sorted(items, key=lambda i: i.index), [("verification", VERIFICATION, (ImplicitVRLittleEndian,)),
+                                                        *roles])
+
+
+# --- 5. send --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one file goes out on this association: in which transfer syntax, converted or not, or why not."""
+
+    syntax: str | None = None
+    conversion: str | None = None  # None (from disk as it is), "decoded", "converted" or "decompressed"
+    reason: str | None = None  # set when the file cannot be sent here
+    error: str | None = None
+    hint: str | None = None
+
+
+class Negotiated:
+    """The peer's answer to each proposed context, looked up per file (PS3.8 9.3.3.2 results)."""
+
+    def __init__(self, assoc, batch: Batch):
+        accepted = {cx.context_id: cx for cx in assoc.accepted_contexts}
+        refused = {cx.context_id: cx.result for cx in assoc.rejected_contexts}
+        self.exact: dict[tuple[str, str], bool] = {}
+        self.convert: dict[str, str] = {}  # SOP Class -> the transfer syntax the peer chose
+        self.refusals: dict[tuple[str, str | None], int | None] = {}
+        self.proposed: dict[str, tuple[str, ...]] = {}  # SOP Class -> the conversion syntaxes proposed
+        for number, (role, sop_class, syntaxes) in enumerate(batch.roles):
+            context_id = 2 * number + 1  # pynetdicom numbers contexts in the order proposed
+            cx = accepted.get(context_id)
+            if role == "exact":
+                self.exact[sop_class, syntaxes[0]] = cx is not None
+                if cx is None:
+                    self.refusals[sop_class, syntaxes[0]] = refused.get(context_id)
+            elif role == "convert":
+                self.proposed[sop_class] = syntaxes
+                if cx is not None:
+                    self.convert[sop_class] = str(cx.transfer_syntax[0])
+                else:
+                    self.refusals[sop_class, None] = refused.get(context_id)
+
+    def route(self, item: Item, decompress: bool) -> Route:
+        source = UID(item.transfer_syntax)
+        if self.exact.get((item.sop_class, item.transfer_syntax)):
+            return Route(item.transfer_syntax)
+        target = self.convert.get(item.sop_class)
+        if target is None:
+            return self._refused(item)
+        if source.is_encapsulated:
+            return self._decompression(item, target, decompress)
+        return Route(target, "converted")
+
+    def _decompression(self, item: Item, target: str, decompress: bool) -> Route:
+        source, sop = _name(item.transfer_syntax), _name(item.sop_class)
+        reason = f"{sop} in {source} not accepted by the peer"
+        refused = f"the peer refused {source} for {sop} but accepts {_name(target)}"
+        if not decompress:
+            decoder = "" if decoder_available(item.transfer_syntax) else f" ({CODECS_HINT})"
+            return Route(reason=reason, error=refused, hint=f"add --decompress to send it uncompressed{decoder}")
+        if not decoder_available(item.transfer_syntax):
+            return Route(reason=f"cannot decompress {source}", hint=CODECS_HINT,
+                         error=f"{refused}, and no installed decoder can decompress {source}")
+        return Route(target, "decompressed")
+
+    def _refused(self, item: Item) -> Route:
+        """Why neither the file's own context nor the conversion context was accepted, and what to do."""
+        sop = _name(item.sop_class)
+        exact = self.refusals.get((item.sop_class, item.transfer_syntax))
+        if exact == 0x03 or self.refusals.get((item.sop_class, None)) == 0x03:
+            named = sop if sop == item.sop_class else f"{sop} ({item.sop_class})"
+            return Route(reason=f"{sop} not accepted by the peer",
+                         error=f"the peer does not accept {named} at all (abstract syntax not supported)",
+                         hint="the peer must be configured to store this SOP class")
+        syntaxes = (item.transfer_syntax, *self.proposed.get(item.sop_class, ()))
+        offered = ", ".join(dict.fromkeys(_name(s) for s in syntaxes))
+        return Route(reason=f"no transfer syntax accepted for {sop}",
+                     error=f"the peer accepts none of {offered} for {sop}",
+                     hint="check the transfer syntaxes the peer is configured for, or try --ts implicit "
+                          "or --ts explicit")
+
+
+def decoder_available(syntax: str) -> bool:
+    """True when an installed pixel data plugin can decode this transfer syntax (pydicom >= 3)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return get_decoder(UID(syntax)).is_available
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _name(uid: str) -> str:
+    name = UID(uid).name
+    return name.removesuffix(" SOP Class") if name else uid
+
+
+def prepare(item: Item, route: Route):
+    """The dataset to send in ``route.syntax``: read whole, converted, and told its new encoding.
+
+    Used only when the file cannot go out as it is. Every element is decoded first, so pydicom
+    re-encodes values rather than copying raw bytes of another encoding.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(item.path, force=True)
+    if route.conversion == "decompressed":
+        ds.decompress(generate_instance_uid=False)  # same instance: only the encoding changes (PS3.5 10)
+    elif UID(item.transfer_syntax) == ExplicitVRBigEndian and route.syntax != ExplicitVRBigEndian:
+        _to_little_endian(ds)
+    ds.walk(lambda dataset, elem: None)  # converts every raw element with the encoding it was read in
+    target = UID(route.syntax)
+    ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian)
+    ds.file_meta.TransferSyntaxUID = target
+    return ds
+
+
+def _to_little_endian(ds) -> None:
+    """Swap the words of binary values (PS3.5 7.3); pydicom re-encodes every other VR from its value."""
+    import numpy
+
+    def swap(dataset, elem):
+        width = WORD_BYTES.get(elem.VR)
+        if elem.tag == PIXEL_DATA and elem.VR == "OW":
+            width = max(2, int(dataset.get("BitsAllocated", 16)) // 8)
+        if width and elem.value:
+            elem.value = numpy.frombuffer(elem.value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+
+    ds.walk(swap)
+
+
+def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, connection: Connection,
+              msg_id: int) -> FileResult:
+    """C-STORE one file (PS3.7 9.1.1); raise a NetworkError when the peer never answered."""
+    route = negotiated.route(item, options.decompress)
+    if route.syntax is None:
+        return _failed(item, route.reason, route.error, route.hint)
+    direct = route.conversion is None and item.chunked
+    if route.conversion is None and not item.chunked:
+        route = Route(route.syntax, "decoded")  # a raw dataset, or meta UIDs that contradict the dataset
+    try:
+        payload = item.path if direct else prepare(item, route)
+        _check_unchanged(item)
+    except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
+        return _failed(item, f"cannot {'read' if direct else 'convert'} the file", _exception_text(exc))
+    assoc.dimse_timeout = connection.timeouts.dimse + item.size / SLOWEST_RATE
+    started = time.monotonic()
+    pause_reactor(assoc)
+    try:
+        rsp = assoc.send_c_store(payload, msg_id=msg_id)
+    except (ValueError, AttributeError) as exc:  # pynetdicom found no context, or the meta lacks a UID
+        return _failed(item, "not sent", str(exc))
+    if "Status" not in rsp:
+        raise _no_response(assoc, connection, item, time.monotonic() - started)
+    return _answered(item, rsp, route)
+
+
+def _check_unchanged(item: Item) -> None:
+    """The file must still be what was scanned: a spool writer may still be writing it."""
+    stat = os.stat(item.path)
+    if stat.st_size != item.size:
+        raise OSError(0, f"the file changed size since it was scanned ({item.size} -> {stat.st_size} bytes)")
+
+
+def _exception_text(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _no_response(assoc, connection: Connection, item: Item, waited: float) -> NetworkError:
+    """PS3.7 9.1.1: no C-STORE-RSP. The instance may or may not be stored; it will be sent again.
+
+    pynetdicom returns the same empty answer for a timeout and for an association that ended; the time
+    waited tells them apart (the abort flag may be set a moment after the answer).
+    """
+    log.warning("no C-STORE response for %s", item.path)
+    if waited < assoc.dimse_timeout:
+        return AssociationAborted(f"{connection.peer} ended the association during a C-STORE",
+                                  "the peer may have refused the dataset; its log says why")
+    return NetworkTimeout(f"no C-STORE response from {connection.peer} within {assoc.dimse_timeout:.0f} s",
+                          "raise -td")
+
+
+def _answered(item: Item, rsp, route: Route) -> FileResult:
+    """PS3.4 B.2.3: success and warnings mean stored; anything else is a failure with the peer's words."""
+    code = int(rsp.Status)
+    comment = str(rsp.get("ErrorComment", "") or "") or None
+    kind = statuses.category(code)
+    outcome = STORED if code == statuses.SUCCESS else WARNING if kind == "Warning" else FAILED
+    result = _result(item, outcome, syntax=route.syntax, conversion=route.conversion, status=code,
+                     comment=comment)
+    if outcome != STORED:
+        result.reason = statuses.describe(code, "store")
+        result.error = result.reason + (f": {comment}" if comment else "")
+    return result
+
+
+def _result(item: Item, outcome: str, syntax=None, conversion=None, status=None, comment=None) -> FileResult:
+    return FileResult(item.path, outcome, size=item.size, mtime_ns=item.mtime_ns, sop_class_uid=item.sop_class,
+                      sop_instance_uid=item.sop_instance, source_transfer_syntax=item.transfer_syntax,
+                      transfer_syntax=syntax, conversion=conversion, status=status, error_comment=comment,
+                      index=item.index)
+
+
+def _failed(item: Item, reason: str, error: str | None = None, hint: str | None = None) -> FileResult:
+    result = _result(item, FAILED)
+    result.reason, result.hint = reason, hint
+    result.error = (error or reason) + (f": {hint}" if hint else "")
+    return result
+
+
+def pause_reactor(assoc) -> None:
+    """Stop pynetdicom's association reactor for certain before a request, so it cannot take the response.
+
+    pynetdicom 3.0.4 pauses its reactor thread with a flag and an event: ``send_c_store`` clears the
+    event and waits for ``_is_paused``, but that flag is still True from the reactor's previous turn,
+    whose ``wait()`` already returned; the reactor then calls ``dimse.get_msg()`` and, when the peer
+    answers quickly, takes the C-STORE-RSP meant for us: we wait for ``-td`` and the peer, waiting for
+    the next request, times out too. Seen here against DCMTK's storescp on loopback, about one
+    association in ten with four in parallel. Resetting the flag after clearing the event means it can
+    only become True once the reactor is really waiting.
+    """
+    assoc._reactor_checkpoint.clear()
+    assoc._is_paused = False
+    while not assoc._is_paused and assoc.is_alive() and assoc.is_established:
+        time.sleep(0.0001)
+
+
+def bound_send_queue(assoc, depth: int = QUEUED_PDUS) -> None:
+    """Make our thread wait while ``depth`` P-DATA PDUs are queued for the DUL thread (back-pressure).
+
+    Only the thread sending DIMSE messages calls ``dul.send_pdu`` once the association stands; the DUL
+    thread drains the queue, so waiting here cannot deadlock while it runs.
+    """
+    dul = assoc.dul
+    unbounded = dul.send_pdu
+
+    def send_pdu(primitive):
+        while (dul.to_provider_queue.qsize() >= depth and dul.is_alive() and assoc.is_established):
+            time.sleep(0.0005)
+        unbounded(primitive)
+
+    dul.send_pdu = send_pdu
+
+
+# --- 6. associations and retries ------------------------------------------------------------------------
+
+Emit = Callable[[str, object], None]
+
+
+def send_shard(connection: Connection, items: list[Item], options: SendOptions, emit: Emit) -> None:
+    """Send one shard's batches in turn; a network error that outlasts the retries ends the shard."""
+    batches = plan_batches(items, options.targets)
+    for number, batch in enumerate(batches):
+        pending = collections.deque(batch.items)
+        try:
+            send_batch(connection, batch, pending, options, emit)
+        except NetworkError as exc:
+            reason = f"not sent: {exc.message}"
+            for item in [*pending, *(i for later in batches[number + 1:] for i in later.items)]:
+                emit("result", _failed(item, reason, hint=exc.hint))
+            emit("network-error", (type(exc), exc.message, exc.hint))
+            return
+
+
+@dataclass
+class Attempt:
+    """What one association attempt got done, for deciding what the next one does."""
+
+    established: bool = False
+    sent: int = 0
+    peer_aborted: bool = False  # the peer itself sent an A-ABORT (not a dropped connection)
+
+    def watch(self, event) -> None:
+        """EVT_ACSE_RECV: an A-ABORT PDU from the peer arrives as A_ABORT, a lost connection as A_P_ABORT."""
+        if isinstance(event.primitive, A_ABORT):
+            self.peer_aborted = True
+
+
+def send_batch(connection: Connection, batch: Batch, pending: collections.deque, options: SendOptions,
+               emit: Emit) -> None:
+    """Associate and send until ``pending`` is empty, retrying what the peer has not confirmed.
+
+    ``retries`` counts failed attempts in a row: an attempt that got some file confirmed starts the count
+    again, so a long run survives several outages but a peer that never comes back ends it.
+
+    A file the peer chokes on must not take the others down with it. Without retries, a file during
+    which the peer sent an A-ABORT (PS3.8 7.3.1; DCMTK does so on a dataset it cannot parse) fails
+    alone and the others go on over a new association. With retries, such a file is sent once more,
+    and fails alone when the association ends again while it is the first file of a fresh one.
+    """
+    failures, suspect = 0, None
+    while pending:
+        attempt = Attempt()
+        try:
+            _associate_and_send(connection, batch, pending, options, emit, attempt)
+        except NetworkError as exc:
+            lost = pending[0] if attempt.established else None
+            if lost is not None and _to_blame(lost, suspect, attempt, options):
+                pending.popleft()
+                emit("result", _failed(lost, "the association ended each time this file was sent"
+                                       if options.retries else "the peer aborted while receiving this file",
+                                       exc.message, "the peer's log says why"))
+                suspect = None
+                continue
+            suspect = lost
+            failures = 1 if attempt.sent else failures + 1
+            if not retryable(exc) or failures > options.retries:
+                raise
+            delay = min(options.retry_delay * 2 ** (failures - 1), MAX_RETRY_DELAY)
+            log.warning("%s; retry %d of %d in %.1f s (%d file(s) not confirmed yet)", exc, failures,
+                        options.retries, delay, len(pending))
+            time.sleep(delay)
+
+
+def _to_blame(lost: Item, suspect: Item | None, attempt: Attempt, options: SendOptions) -> bool:
+    if options.retries:
+        return lost is suspect and attempt.sent == 0
+    return attempt.peer_aborted
+
+
+def _associate_and_send(connection: Connection, batch: Batch, pending: collections.deque,
+                        options: SendOptions, emit: Emit, attempt: Attempt) -> None:
+    with associate(connection, batch.contexts(), evt_handlers=[(evt.EVT_ACSE_RECV, attempt.watch)]) as assoc:
+        attempt.established = True
+        emit("associated", None)
+        bound_send_queue(assoc)
+        negotiated = Negotiated(assoc, batch)
+        msg_id = 0
+        while pending:
+            msg_id = msg_id % 65535 + 1  # PS3.7 E.1: Message ID is a US
+            result = send_item(assoc, pending[0], negotiated, options, connection, msg_id)
+            pending.popleft()
+            attempt.sent += 1
+            emit("result", result)
+
+
+def retryable(exc: NetworkError) -> bool:
+    """Connection failures, timeouts, aborts and transient rejections (PS3.8 Table 9-21 result 2)."""
+    if isinstance(exc, AssociationRejected):
+        return "Transient" in exc.message  # ae.py words the A-ASSOCIATE-RJ result as "Rejected (Transient)"
+    return True
+
+
+# --- parallel associations ------------------------------------------------------------------------------
+
+
+def send_parallel(connection: Connection, shards: list[list[Item]], options: SendOptions, emit: Emit,
+                  on_started: Callable[[], None] = lambda: None) -> None:
+    """Run one worker per shard (processes or threads) and pass their messages to ``emit`` in this thread.
+
+    Workers are started before ``on_started`` (which may start a progress bar's thread): forking a
+    process that runs other threads can copy a held lock into the child.
+    """
+    stop = threading.Event()
+    if options.parallel == "thread":
+        channel: queue.Queue = queue.Queue()
+        workers = [threading.Thread(target=_worker, args=(connection, s, options, channel, n, None, stop),
+                                    daemon=True) for n, s in enumerate(shards)]
+    else:
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        channel = context.Queue()
+        level = logging.getLogger("pacs_cli").getEffectiveLevel()
+        workers = [context.Process(target=_worker, args=(connection, s, options, channel, n, level), daemon=True)
+                   for n, s in enumerate(shards)]
+    for worker in workers:
+        worker.start()
+    on_started()
+    try:
+        _drain(workers, shards, channel, emit)
+    except BaseException:
+        _interrupt(workers, stop)
+        raise
+    finally:
+        _join(workers)
+
+
+def _interrupt(workers, stop: threading.Event) -> None:
+    """Ask every worker still running to abort its association: the stop flag, or SIGINT for a process."""
+    stop.set()
+    for worker in workers:
+        if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
+            os.kill(worker.pid, signal.SIGINT)
+
+
+def _join(workers) -> None:
+    for worker in workers:
+        worker.join(10)
+        if isinstance(worker, multiprocessing.process.BaseProcess) and worker.is_alive():
+            worker.terminate()
+            worker.join()
+
+
+def _drain(workers, shards, channel, emit: Emit) -> None:
+    """Pass messages on until every worker said "done"; a worker that died silently fails its rest."""
+    done: set[int] = set()
+    reported: set[int] = set()
+    while len(done) < len(workers):
+        try:
+            number, kind, payload = channel.get(timeout=0.2)
+        except queue.Empty:
+            for number, worker in enumerate(workers):
+                if number not in done and not worker.is_alive() and channel.empty():
+                    _fail_unreported(shards[number], reported, emit)
+                    done.add(number)
+            continue
+        if kind == "done":
+            done.add(number)
+        elif kind == "fatal":
+            raise _rebuild(payload)
+        else:
+            if kind == "result":
+                reported.add(payload.index)
+            emit(kind, payload)
+
+
+def _fail_unreported(items: list[Item], reported: set[int], emit: Emit) -> None:
+    for item in items:
+        if item.index not in reported:
+            emit("result", _failed(item, "sender process died", "the process sending this file ended unexpectedly"))
+
+
+def _worker(connection: Connection, items: list[Item], options: SendOptions, channel, number: int,
+            level: int | None, stop: threading.Event | None = None) -> None:
+    """One association's sender; in a process (``level`` given) it also sets up logging and pynetdicom.
+
+    A thread is told to stop through ``stop``, checked after each file; a process by SIGINT. Either
+    way the association is aborted on the way out, by :func:`~pacs_cli.dimse.ae.associate`.
+    """
+    if level is not None:
+        _configure_worker(level)
+
+    def emit(kind, payload):
+        channel.put((number, kind, payload))
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+
+    try:
+        send_shard(connection, items, options, emit)
+    except KeyboardInterrupt:
+        pass
+    except PacsError as exc:
+        channel.put((number, "fatal", (type(exc), exc.message, exc.hint)))
+    except BaseException as exc:  # noqa: BLE001 - told to the parent, which owns the exit code
+        channel.put((number, "fatal", (PacsError, f"unexpected {type(exc).__name__} while sending: {exc}", None)))
+    finally:
+        channel.put((number, "done", None))
+
+
+def _rebuild(payload) -> PacsError:
+    cls, message, hint = payload
+    return cls(message, hint)
+
+
+def _configure_worker(level: int) -> None:
+    from pacs_cli import logs
+
+    verbose = 2 if level <= logging.DEBUG else 1 if level <= logging.INFO else 0
+    logs.configure(verbose, level >= logging.ERROR)
+    configure_pynetdicom()
+
+
+def configure_pynetdicom() -> None:
+    """Send from files in pieces (notes/pynetdicom.md 2.3), keep pynetdicom's per-message logging off,
+    and let pydicom pass values through unjudged: a sender forwards what it was given, the peer decides."""
+    from pydicom import config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    debug = logging.getLogger("pacs_cli").getEffectiveLevel() <= logging.DEBUG
+    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
+
+
+# --- the whole run --------------------------------------------------------------------------------------
+
+
+class StoreSCU:
+    """One ``pacs storescu`` run: gather, scan, plan, send, and keep the results, journal and markings.
+
+    Everything the peer answered is handled here, in this thread: the journal line, the spool rename,
+    the summary count and the reporter call, so the journal has a single writer.
+    """
+
+    def __init__(self, connection: Connection, options: SendOptions, reporter=None):
+        self.connection = connection
+        self.options = options
+        self.reporter = reporter or NullReporter()
+        self.summary = Summary()
+        self.results: list[FileResult] = []
+        self.started = datetime.now(timezone.utc)
+        self._associated = False
+
+    def run(self, sources: Iterable[str], stdin=None) -> Summary:
+        started = time.monotonic()
+        journal = Journal(self.options.journal, peer_key(self.connection)) if self.options.journal else None
+        try:
+            items = self._scan(sources, stdin, journal)
+            self.summary.planned_files, self.summary.planned_bytes = len(items), sum(i.size for i in items)
+            configure_pynetdicom()
+            self._send(items, lambda kind, payload: self._handle(kind, payload, journal))
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            if journal:
+                journal.close()
+        return self.summary
+
+    def _scan(self, sources, stdin, journal: Journal | None) -> list[Item]:
+        items = []
+        paths = gather(sources, self.options.recurse, stdin, self.options.null_separated, self._excluded)
+        for index, path in enumerate(paths):
+            scanned = scan(path, index)
+            if isinstance(scanned, FileResult):
+                self._result(scanned, journal)
+            elif journal and journal.confirmed(scanned):
+                self._result(_result(scanned, ALREADY_SENT), journal)
+            else:
+                items.append(scanned)
+        return items
+
+    def _send(self, items: list[Item], emit: Emit) -> None:
+        count = min(self.options.associations, len(items))
+        started = lambda: self.reporter.planned(len(items), sum(i.size for i in items))  # noqa: E731
+        if count <= 1:
+            started()
+            if items:
+                send_shard(self.connection, items, self.options, emit)
+        else:
+            send_parallel(self.connection, shard(items, count), self.options, emit, started)
+
+    def _handle(self, kind: str, payload, journal: Journal | None) -> None:
+        if kind == "result":
+            self._result(payload, journal)
+        elif kind == "associated":
+            self._associated = True
+            self.summary.associations += 1
+        elif kind == "network-error":
+            self.summary.network_error = _rebuild(payload)
+
+    def _result(self, result: FileResult, journal: Journal | None) -> None:
+        if journal and result.outcome in (STORED, WARNING):
+            journal.record(result)
+        if result.status is not None and result.outcome != STORED:
+            log.warning("%s: %s", result.path, result.error)  # the peer's own words, per file (PS3.4 B.2.3)
+        elif result.outcome == FAILED:
+            log.info("%s: %s", result.path, result.error)
+        self._mark(result)
+        self.summary.add(result)
+        if self.options.keep_results:
+            self.results.append(result)
+        self.reporter.result(result)
+
+    def _mark(self, result: FileResult) -> None:
+        """Spool use: move what the peer confirmed out of the way, and what it never will."""
+        marking = self.options.on_success if result.confirmed else self.options.on_failure
+        if marking is None or not os.path.isfile(result.path):
+            return
+        try:
+            result.marked_as = marking.apply(result.path)
+        except OSError as exc:
+            log.warning("%s: cannot rename or move: %s", result.path, exc.strerror or exc)
+
+    def _excluded(self, path: str) -> bool:
+        """Files that an earlier run of the spool marked, and the move directories themselves."""
+        for marking in (self.options.on_success, self.options.on_failure):
+            if marking and (marking.marks(path) or (marking.directory and _same_dir(path, marking.directory))):
+                return True
+        return False
+
+    @property
+    def unreachable(self) -> NetworkError | None:
+        """The network error to exit with (3) when no association was ever established."""
+        return None if self._associated else self.summary.network_error
+
+    def report(self) -> dict:
+        """The --report document: the run, its counts, and one entry per file."""
+        s = self.summary
+        return {
+            "peer": peer_key(self.connection),
+            "started": self.started.isoformat(timespec="seconds"),
+            "seconds": round(s.seconds, 3),
+            "associations": s.associations,
+            "stored": s.stored,
+            "warnings": s.warnings,
+            "failed": s.failures,
+            "failed_by_reason": dict(s.failed),
+            "skipped": sum(s.skipped.values()),
+            "skipped_by_reason": dict(s.skipped),
+            "already_sent": s.already_sent,
+            "bytes": s.bytes,
+            "files": [r.record() for r in sorted(self.results, key=lambda r: r.index)],
+        }
+
+
+def _same_dir(path: str, directory: Path) -> bool:
+    try:
+        return os.path.samefile(path, directory)
+    except OSError:
+        return False
+
