@@ -274,7 +274,8 @@ def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
 
 
 def run_options(func):
-    """When an SCP stops by itself and what it tells CI: --ready-file, --exit-after, --idle-exit, --events."""
+    """When an SCP stops by itself and what it records: --ready-file, --exit-after, --idle-exit, --events,
+    --audit-log."""
     return _apply(func, [
         click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Write HOST:PORT here once listening."),
@@ -284,6 +285,9 @@ def run_options(func):
                      help="Stop after this long with no association."),
         click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
                      help="Append one JSON line per association and per object to this file."),
+        click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), envvar="PACS_AUDIT_LOG",
+                     show_envvar=True,
+                     help="Append an audit record (PS3.15 A.5 / IHE ATNA fields, JSON lines) per event."),
     ])
 
 

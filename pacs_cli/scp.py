@@ -12,6 +12,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from pacs_cli.archive import Archive
+from pacs_cli.audit import AuditLog
 from pacs_cli.dimse import find, store
 from pacs_cli.dimse.server import RunLimits, Server, Stats, association_handlers
 from pacs_cli.hooks import CommandRunner, EventLog
@@ -30,6 +31,7 @@ class StoreSettings:
     faults: store.Faults
     query: bool = True  # answer Patient/Study Root C-FIND from the index on the same port
     max_results: int | None = None  # C-FIND: more matches than this end with 0xA700
+    audit_log: Path | None = None
 
 
 def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
@@ -51,15 +53,17 @@ class StorageSCP:
         self.stats = Stats()
         self.events = EventLog(settings.events)
         self.runner = CommandRunner(settings.exec_on_store)
+        self.audit = AuditLog(settings.audit_log, listener.ae_title)
         handlers = [
-            *association_handlers(self.stats, self.events),
-            *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults),
+            *association_handlers(self.stats, self.events, self.audit),
+            *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults, self.audit),
         ]
         contexts = [build_context(Verification), *store.storage_contexts()]
         if settings.query:
-            handlers += find.handlers(self.archive.index, find.QueryOptions(settings.max_results), self.events)
+            handlers += find.handlers(self.archive.index, find.QueryOptions(settings.max_results), self.events,
+                                      self.audit)
             contexts += find.query_contexts()
-        self.server = Server(listener, contexts, handlers)
+        self.server = Server(listener, contexts, handlers, self.audit)
 
     def run(self, limits: RunLimits, on_ready) -> None:
         try:
@@ -67,4 +71,5 @@ class StorageSCP:
         finally:
             self.runner.close()
             self.events.close()
+            self.audit.close()
             self.archive.close()

@@ -2,6 +2,8 @@
 
 import click
 
+from pacs_cli.errors import OperationFailed
+
 from pacs_cli.options import archive_options, listener_options, run_options
 
 
@@ -43,7 +45,7 @@ def _status_code(text: str) -> int:
               help="C-FIND: send at most N matches, then answer 0xA700 (Out of Resources) if there are more.")
 @click.pass_obj
 def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync,
-             ready_file, exit_after, idle_exit, events, exec_on_store, fault_status, fault_delay,
+             ready_file, exit_after, idle_exit, events, audit_log, exec_on_store, fault_status, fault_delay,
              fault_abort_after, no_query, max_results):
     """Receive DICOM objects into an archive with a SQLite index.
 
@@ -55,7 +57,7 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
     Examples:
       pacs storescp
       pacs storescp --port 0 --ready-file port.txt --exit-after 10 --events events.jsonl &
-      pacs storescp -aet ARCHIVE --accept-called-aet ARCHIVE --allow-ip 10.0.0.0/8
+      pacs storescp -aet ARCHIVE --accept-called-aet ARCHIVE --allow-ip 10.0.0.0/8 --audit-log audit.jsonl
     """
     from pacs_cli.scp import StorageSCP, StoreSettings
     from pacs_cli.dimse.server import RunLimits
@@ -63,7 +65,7 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
 
     settings = StoreSettings(archive_dir, db_path, path_template or layout, on_duplicate, fsync,
                              events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after),
-                             query=not no_query, max_results=max_results)
+                             query=not no_query, max_results=max_results, audit_log=audit_log)
     scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
 
     def ready(host, port):
@@ -76,3 +78,5 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
     finally:
         if not state.quiet:
             click.echo(f"pacs storescp: {scp.stats.summary()}")
+    if scp.audit.failures:
+        raise OperationFailed(f"{scp.audit.failures} audit records could not be written to {audit_log}")

@@ -235,7 +235,7 @@ def handle_extended(event) -> dict:
     return replies
 
 
-def handle_find(event, index: Index, options: QueryOptions, events=None):
+def handle_find(event, index: Index, options: QueryOptions, events=None, audit=None):
     """EVT_C_FIND: stream the matches as pending responses; never raises, ends with a named status."""
     calling = event.assoc.requestor.ae_title
     model = BY_UID.get(str(event.request.AffectedSOPClassUID))
@@ -257,6 +257,8 @@ def handle_find(event, index: Index, options: QueryOptions, events=None):
         yield status_dataset(code, f"the index failed: {type(exc).__name__}"), None
     finally:
         _record(outcome, calling, model, events)
+        if audit is not None:
+            _audit(audit, event, outcome)
 
 
 def _request(event, model: Model) -> Request:
@@ -309,9 +311,22 @@ def _record(outcome: dict, calling: str, model: Model | None, events) -> None:
                      matches=outcome["matches"], status="" if code is None else f"0x{code:04X}")
 
 
-def handlers(index: Index, options: QueryOptions, events=None):
+def _audit(audit, event, outcome: dict) -> None:
+    """A Query audit record with the keys as received (PS3.15 A.5.3.10)."""
+    try:
+        keys = {elem.keyword or str(elem.tag): str(elem.value) for elem in event.identifier if elem.VR != "SQ"}
+    except Exception:  # noqa: BLE001 - an identifier that cannot be decoded is audited without keys
+        keys = {}
+    code = outcome["status"]
+    failed = code not in (SUCCESS, CANCEL)
+    audit.query(event.assoc.requestor.ae_title, event.assoc.requestor.address_info.address,
+                str(event.request.AffectedSOPClassUID), keys, outcome=4 if failed else 0,
+                description="" if code is None else statuses.describe(code, "find"))
+
+
+def handlers(index: Index, options: QueryOptions, events=None, audit=None):
     return [
-        (evt.EVT_C_FIND, handle_find, [index, options, events]),
+        (evt.EVT_C_FIND, handle_find, [index, options, events, audit]),
         (evt.EVT_SOP_EXTENDED, handle_extended),
     ]
 

@@ -26,6 +26,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pacs_cli.dimse import tls as tls_contexts
 from pacs_cli.dimse.ae import make_ae, nodelay
 from pacs_cli.errors import PacsError
+from pacs_cli.audit import AuditLog
 from pacs_cli.hooks import EventLog
 from pacs_cli.options import AccessPolicy, Listener
 
@@ -62,15 +63,30 @@ class Stats:
                 f"{self.stored} instance{'s' * (self.stored != 1)} stored ({size}), {self.failed} failed")
 
 
-def association_handlers(stats: Stats, events: EventLog):
+NO_AUDIT = AuditLog(None, "")
+
+
+def security_alert(server, address: str, message: str, calling: str = "") -> None:
+    """One warning line, and a Security Alert (PS3.15 A.5.3.11) in the audit log."""
+    log.warning("%s", message)
+    getattr(server, "audit", NO_AUDIT).security_alert(address, message, calling)
+
+
+def association_handlers(stats: Stats, events: EventLog, audit: AuditLog = NO_AUDIT):
     """Log and record each association's start and end (one line each at -v)."""
 
     def established(event):
         stats.add(associations=1)
         _log_association(event, "association from %s@%s:%s to %s accepted", "association-accepted")
+        _audit(event, accepted=True)
 
     def ended(event, how):
         _log_association(event, f"association from %s@%s:%s to %s {how}", f"association-{how}")
+        if how != "rejected":  # a rejection is audited as a security alert where it is decided
+            _audit(event, accepted=False)
+
+    def _audit(event, accepted):
+        audit.association(event.assoc.requestor.ae_title, event.assoc.requestor.address_info.address, accepted)
 
     def _log_association(event, message, name):
         assoc = event.assoc
@@ -133,8 +149,9 @@ class PolicyACSE(ACSE):
         self.requestor.ae_title = calling
         rejection = rejection_for(self.policy, called, calling)
         if rejection:
-            log.warning("rejected association from %s@%s to %s", calling,
-                        self.requestor.address_info.address, called)
+            address = self.requestor.address_info.address
+            security_alert(self.assoc._server, address,
+                           f"rejected association from {calling}@{address} to {called}", calling)
             self.send_reject(*rejection)
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
@@ -161,7 +178,8 @@ class GuardedSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         limit = self.max_pdu + PDU_SLACK if self._pdu_type == P_DATA_TF else NON_DATA_PDU_LIMIT
         if nr_bytes > 6 and nr_bytes > limit:
-            log.warning("dropped %s: PDU of %d bytes announced, limit %d", self._peer(), nr_bytes, limit)
+            security_alert(self.assoc._server, self._peer(),
+                           f"dropped {self._peer()}: PDU of {nr_bytes} bytes announced, limit {limit}")
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit of {limit}")
         data = self._recv_by(nr_bytes, time.monotonic() + self.pdu_deadline)
         if nr_bytes == 6 and len(data) == 6:
@@ -173,7 +191,8 @@ class GuardedSocket(AssociationSocket):
         while len(data) < nr_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                log.warning("dropped %s: PDU not complete within %g s", self._peer(), self.pdu_deadline)
+                security_alert(self.assoc._server, self._peer(),
+                               f"dropped {self._peer()}: PDU not complete within {self.pdu_deadline:g} s")
                 raise TimeoutError(f"PDU not received within {self.pdu_deadline:g} s")
             self.socket.settimeout(remaining)
             chunk = self.socket.recv(min(nr_bytes - len(data), 1 << 16))
@@ -204,7 +223,8 @@ class GuardedDUL(DULServiceProvider):
             problem = association_request_problem(pdu)
             if problem:
                 address = self.assoc.requestor.address_info
-                log.warning("aborted association request from %s: %s", address.address, problem)
+                security_alert(self.assoc._server, address.address,
+                               f"aborted association request from {address.address}: {problem}")
                 raise ValueError(problem)
         return pdu, event
 
@@ -236,8 +256,9 @@ class PolicyRequestHandler(RequestHandler):
                 self.request.do_handshake()
                 self.request.settimeout(None)
             except (OSError, ssl.SSLError) as exc:
-                log.warning("TLS handshake with %s failed: %s", self.client_address[0],
-                            getattr(exc, "reason", None) or exc)
+                reason = getattr(exc, "reason", None) or exc
+                security_alert(self.server, self.client_address[0],
+                               f"TLS handshake with {self.client_address[0]} failed: {reason}")
                 return
         super().handle()
 
@@ -276,11 +297,11 @@ class PolicyServer(ThreadedAssociationServer):
         """
         host = client_address[0]
         if not self.policy.allows_address(host):
-            log.warning("refused connection from %s: address not allowed", host)
+            security_alert(self, host, f"refused connection from {host}: address not allowed")
             return False
         open_here = sum(1 for assoc in self.active_associations if assoc.requestor.address_info.address == host)
         if open_here >= self.max_per_address:
-            log.warning("refused connection from %s: %d connections already open from there", host, open_here)
+            security_alert(self, host, f"refused connection from {host}: {open_here} connections already open from there")
             return False
         return True
 
@@ -297,8 +318,9 @@ class RunLimits:
 class Server:
     """A running SCP: start it, wait for it, stop it gracefully."""
 
-    def __init__(self, listener: Listener, contexts, handlers):
+    def __init__(self, listener: Listener, contexts, handlers, audit: AuditLog = NO_AUDIT):
         self.listener = listener
+        self.audit = audit
         self.ae: AE = make_ae(listener.ae_title, listener.timeouts)
         self.ae.maximum_pdu_size = listener.max_pdu
         self.ae.maximum_associations = listener.max_associations
@@ -311,6 +333,7 @@ class Server:
             raise PacsError(f"cannot listen on {listener.host}:{listener.port}: {exc.strerror}",
                             "is another SCP already using that port? --port 0 picks a free one") from None
         self.server.policy = listener.policy
+        self.server.audit = audit
         self.server.handshake_timeout = listener.timeouts.connect
         self.server.pdu_deadline = listener.timeouts.acse
         self.server.max_per_address = listener.max_per_address
@@ -341,6 +364,7 @@ class Server:
         stop = threading.Event()
         previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
         self.start()
+        self.audit.application(started=True)
         host, port = self.address
         if limits.ready_file:
             _write_atomically(limits.ready_file, f"{host}:{port}\n")
@@ -350,6 +374,7 @@ class Server:
                 pass
         finally:
             self.stop()
+            self.audit.application(started=False)
             signal.signal(signal.SIGTERM, previous)
 
     def _limit_reached(self, stats: Stats, limits: RunLimits) -> bool:

@@ -18,6 +18,7 @@ from pynetdicom import evt
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 
 from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources
+from pacs_cli.audit import SERIOUS_FAILURE, AuditLog
 from pacs_cli.dimse.server import Stats
 from pacs_cli.hooks import CommandRunner, EventLog
 
@@ -69,7 +70,7 @@ def status(code: int, comment: str | None = None) -> Dataset:
 
 
 def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
-                 faults: Faults):
+                 faults: Faults, audit: AuditLog):
     """EVT_C_STORE: hand the staged file to the archive and answer with what happened."""
     assoc, request = event.assoc, event.request
     calling = assoc.requestor.ae_title
@@ -87,11 +88,16 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         return status(faults.status, "fault injection (--fault-status)")
     code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid)
     fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
+    address = assoc.requestor.address_info.address
     if outcome is None:
         stats.add(failed=1)
         log.warning("C-STORE %s from %s failed: 0x%04X %s", sop_uid, calling, code, comment)
         events.write("store-failed", **fields, error=comment)
+        audit.stored(calling, address, "", "", sop_class, sop_uid, outcome=SERIOUS_FAILURE,
+                     description=f"0x{code:04X} {comment}")
         return status(code, comment)
+    audit.stored(calling, address, outcome.patient_id, outcome.study_uid, sop_class, sop_uid,
+                 description=outcome.kind)
     stats.add(stored=int(outcome.kind != "ignored"), bytes=outcome.size)
     log.info("%s %s from %s -> %s", outcome.kind, sop_uid, calling, outcome.path)
     events.write("stored", **fields, outcome=outcome.kind, path=str(outcome.path),
@@ -136,8 +142,9 @@ def discard_partial(event, archive: Archive, stats: Stats, events: EventLog) -> 
         events.write("store-aborted", calling_aet=event.assoc.requestor.ae_title)
 
 
-def handlers(archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner, faults: Faults):
+def handlers(archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner, faults: Faults,
+             audit: AuditLog):
     return [
-        (evt.EVT_C_STORE, handle_store, [archive, stats, events, runner, faults]),
+        (evt.EVT_C_STORE, handle_store, [archive, stats, events, runner, faults, audit]),
         (evt.EVT_CONN_CLOSE, discard_partial, [archive, stats, events]),
     ]

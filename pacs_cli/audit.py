@@ -1,0 +1,123 @@
+"""The audit trail: the DICOM audit message vocabulary (PS3.15 A.5, IHE ATNA) as JSON lines.
+
+A local append-only file is what a command-line SCP can promise; each line holds the fields of an
+ATNA audit message (EventIdentification, ActiveParticipant, AuditSourceIdentification,
+ParticipantObjectIdentification) so that it can be forwarded to a syslog/ATNA repository as is.
+Which events, with which codes (PS3.16 CID 400-405):
+
+| what happened | EventID | EventTypeCode | action |
+|---|---|---|---|
+| SCP started / stopped | 110100 Application Activity | 110120 / 110121 | E |
+| association accepted / released | 110114 User Authentication | 110122 Login / 110123 Logout | E |
+| association rejected, address refused, TLS or PDU failure | 110113 Security Alert | 110126 Node Authentication | E |
+| instance stored (or refused) | 110104 DICOM Instances Transferred | | C |
+| query | 110112 Query | | E |
+| instances sent by C-MOVE / C-GET | 110104 DICOM Instances Transferred | | R |
+| MPPS created / updated | 110111 Procedure Record | | C / U |
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pacs_cli.hooks import JsonLines, utc_now
+
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
+
+
+def _code(code: str, meaning: str, system: str = "DCM") -> dict:
+    return {"code": code, "codeSystemName": system, "displayName": meaning}
+
+
+APPLICATION_ACTIVITY = _code("110100", "Application Activity")
+USER_AUTHENTICATION = _code("110114", "User Authentication")
+SECURITY_ALERT = _code("110113", "Security Alert")
+INSTANCES_TRANSFERRED = _code("110104", "DICOM Instances Transferred")
+QUERY = _code("110112", "Query")
+PROCEDURE_RECORD = _code("110111", "Procedure Record")
+
+APPLICATION_START = _code("110120", "Application Start")
+APPLICATION_STOP = _code("110121", "Application Stop")
+LOGIN = _code("110122", "Login")
+LOGOUT = _code("110123", "Logout")
+NODE_AUTHENTICATION = _code("110126", "Node Authentication")
+
+SOURCE = _code("110153", "Source Role ID")
+DESTINATION = _code("110152", "Destination Role ID")
+APPLICATION = _code("110150", "Application")
+
+
+def peer(ae_title: str, address: str, requestor: bool = True, role: dict = SOURCE) -> dict:
+    """An ActiveParticipant that is a network node (NetworkAccessPointTypeCode 2: IP address)."""
+    return {"UserID": ae_title, "UserIsRequestor": requestor, "RoleIDCode": role,
+            "NetworkAccessPointID": address, "NetworkAccessPointTypeCode": "2"}
+
+
+def patient(patient_id: str) -> dict:
+    return {"ParticipantObjectID": patient_id, "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "1", "ParticipantObjectIDTypeCode": _code("2", "Patient Number", "RFC-3881")}
+
+
+def study(study_uid: str, sop_class_uid: str = "", instances: tuple[str, ...] = ()) -> dict:
+    obj = {"ParticipantObjectID": study_uid, "ParticipantObjectTypeCode": "2",
+           "ParticipantObjectTypeCodeRole": "3", "ParticipantObjectIDTypeCode": _code("110180", "Study Instance UID")}
+    if sop_class_uid:
+        obj["ParticipantObjectDescription"] = {"SOPClass": {"UID": sop_class_uid, "NumberOfInstances": len(instances),
+                                                            "Instance": [{"UID": uid} for uid in instances]}}
+    return obj
+
+
+class AuditLog(JsonLines):
+    """``--audit-log FILE``: one ATNA-shaped record per line."""
+
+    def __init__(self, path: Path | None, ae_title: str):
+        super().__init__(path, "audit log")
+        self.ae_title = ae_title
+        self.source = {"AuditSourceID": f"{ae_title}@{socket.gethostname()}", "AuditSourceTypeCode": "4"}
+
+    def me(self, requestor: bool = False, role: dict = DESTINATION) -> dict:
+        return {"UserID": self.ae_title, "UserIsRequestor": requestor, "RoleIDCode": role,
+                "NetworkAccessPointID": socket.gethostname(), "NetworkAccessPointTypeCode": "1"}
+
+    def record(self, event_id: dict, action: str, outcome: int, participants: list[dict],
+               objects: list[dict] = (), type_code: dict | None = None, description: str = "") -> None:
+        if not self.enabled:
+            return
+        event = {"EventID": event_id, "EventActionCode": action, "EventDateTime": utc_now(),
+                 "EventOutcomeIndicator": outcome}
+        if type_code:
+            event["EventTypeCode"] = [type_code]
+        if description:
+            event["EventOutcomeDescription"] = description
+        record = {"EventIdentification": event, "ActiveParticipant": participants,
+                  "AuditSourceIdentification": self.source}
+        if objects:
+            record["ParticipantObjectIdentification"] = list(objects)
+        self.append(record)
+
+    def application(self, started: bool) -> None:
+        self.record(APPLICATION_ACTIVITY, "E", SUCCESS, [self.me(role=APPLICATION)],
+                    type_code=APPLICATION_START if started else APPLICATION_STOP)
+
+    def association(self, calling: str, address: str, accepted: bool) -> None:
+        self.record(USER_AUTHENTICATION, "E", SUCCESS, [peer(calling, address), self.me()],
+                    type_code=LOGIN if accepted else LOGOUT)
+
+    def security_alert(self, address: str, reason: str, calling: str = "") -> None:
+        self.record(SECURITY_ALERT, "E", MINOR_FAILURE, [peer(calling or "-", address), self.me()],
+                    type_code=NODE_AUTHENTICATION, description=reason)
+
+    def stored(self, calling: str, address: str, patient_id: str, study_uid: str, sop_class_uid: str,
+               sop_instance_uid: str, outcome: int = SUCCESS, description: str = "") -> None:
+        self.record(INSTANCES_TRANSFERRED, "C", outcome, [peer(calling, address), self.me()],
+                    [patient(patient_id), study(study_uid, sop_class_uid, (sop_instance_uid,))],
+                    description=description)
+
+    def query(self, calling: str, address: str, sop_class_uid: str, keys: dict, outcome: int = SUCCESS,
+              description: str = "") -> None:
+        """PS3.15 A.5.3.10: the SOP class queried, with the query keys (here as JSON, not base64)."""
+        query = {"ParticipantObjectID": sop_class_uid, "ParticipantObjectTypeCode": "2",
+                 "ParticipantObjectTypeCodeRole": "3",
+                 "ParticipantObjectIDTypeCode": _code("110181", "SOP Class UID"), "ParticipantObjectQuery": keys}
+        self.record(QUERY, "E", outcome, [peer(calling, address), self.me()], [query], description=description)
