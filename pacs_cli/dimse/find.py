@@ -59,6 +59,7 @@ from pacs_cli.archive import matching
 from pacs_cli.archive.index import Index
 from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEYS
 from pacs_cli.dimse import status as statuses
+from pacs_cli.dimse.status import status_dataset
 from pacs_cli.dimse.ae import associate
 from pacs_cli.dimse.identifiers import NUMBER_VRS, Key, Text, build_identifier, key_texts, merge, parse_keys
 from pacs_cli.errors import AssociationAborted, NetworkTimeout, OperationFailed, UsageError
@@ -206,14 +207,6 @@ def response(request: Request, row: dict[str, str]) -> Dataset:
     for tag, (vr, value) in sorted(elements.items()):
         value = None if value == "" and vr in NUMBER_VRS else value  # binary numbers: empty is None
         ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
-    return ds
-
-
-def status_dataset(code: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
     return ds
 
 

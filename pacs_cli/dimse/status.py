@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydicom.dataset import Dataset
 from pynetdicom import status as _status
 
 SUCCESS = 0x0000
@@ -37,3 +38,12 @@ def describe(code: int, service: str = "echo") -> str:
 
 def is_success(code: int) -> bool:
     return code == SUCCESS
+
+
+def status_dataset(code: int, comment: str | None = None) -> Dataset:
+    """A response status, with an ErrorComment (0000,0902) when there is something to say."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds

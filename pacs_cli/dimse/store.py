@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import Dataset
 from pynetdicom import evt
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 
 from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources
 from pacs_cli.audit import SERIOUS_FAILURE, AuditLog
 from pacs_cli.dimse.server import Stats
+from pacs_cli.dimse.status import status_dataset
 from pacs_cli.hooks import CommandRunner, EventLog
 
 log = logging.getLogger("pacs_cli.scp")
@@ -61,14 +61,6 @@ class Faults:
     abort_after: int | None = None  # abort each association after this many objects
 
 
-def status(code: int, comment: str | None = None) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
-    return ds
-
-
 def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
                  faults: Faults, audit: AuditLog):
     """EVT_C_STORE: hand the staged file to the archive and answer with what happened."""
@@ -80,12 +72,12 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     if faults.abort_after is not None and count > faults.abort_after:
         log.warning("fault injection: aborting the association from %s after %d objects", calling, faults.abort_after)
         assoc.abort()
-        return status(OUT_OF_RESOURCES)
+        return status_dataset(OUT_OF_RESOURCES)
     if faults.delay:
         time.sleep(faults.delay)
     if faults.status is not None:
         stats.add(failed=int(faults.status != SUCCESS))
-        return status(faults.status, "fault injection (--fault-status)")
+        return status_dataset(faults.status, "fault injection (--fault-status)")
     code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid)
     fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
     address = assoc.requestor.address_info.address
@@ -95,7 +87,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         events.write("store-failed", **fields, error=comment)
         audit.stored(calling, address, "", "", sop_class, sop_uid, outcome=SERIOUS_FAILURE,
                      description=f"0x{code:04X} {comment}")
-        return status(code, comment)
+        return status_dataset(code, comment)
     audit.stored(calling, address, outcome.patient_id, outcome.study_uid, sop_class, sop_uid,
                  description=outcome.kind)
     stats.add(stored=int(outcome.kind != "ignored"), bytes=outcome.size)
@@ -104,7 +96,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
                  study_uid=outcome.study_uid, size=outcome.size)
     runner.submit(path=str(outcome.path), calling_aet=calling, study_uid=outcome.study_uid,
                   series_uid=outcome.series_uid, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
-    return status(SUCCESS)
+    return status_dataset(SUCCESS)
 
 
 def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str):
