@@ -420,3 +420,19 @@ def test_fault_abort_after(scp_factory, tmp_path):
     assert result.returncode != 0
     assert len(scp.rows()) == 2
     assert scp.staging_leftovers() == []
+
+
+def test_pynetdicom_storescu_app_sends_pydicom_test_files(scp_factory):
+    """Every file pynetdicom's storescu app reports as stored is in the archive once and indexed."""
+    sources = sorted(p for p in TEST_FILES.glob("*.dcm") if p.stat().st_size < 5_000_000)
+    scp = scp_factory("--on-duplicate", "reject")
+    result = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-v", "-aec", "PACS",
+                             "127.0.0.1", str(scp.port), *map(str, sources)],
+                            capture_output=True, text=True, timeout=300)
+    confirmed = result.stderr.count("Received Store Response (Status: 0x0000 - Success)")
+    duplicates = result.stderr.count("0x0111")
+    assert confirmed >= 10, result.stderr[-2000:]  # it proposes uncompressed syntaxes only
+    stored = scp.files()
+    assert len(stored) == len(scp.rows()) == confirmed
+    assert len([e for e in scp.event_lines() if e["event"] == "store-failed"]) == duplicates
+    assert scp.staging_leftovers() == []
