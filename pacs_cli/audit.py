@@ -121,3 +121,12 @@ class AuditLog(JsonLines):
                  "ParticipantObjectTypeCodeRole": "3",
                  "ParticipantObjectIDTypeCode": _code("110181", "SOP Class UID"), "ParticipantObjectQuery": keys}
         self.record(QUERY, "E", outcome, [peer(calling, address), self.me()], [query], description=description)
+
+    def procedure(self, calling: str, address: str, patient_id: str, study_uids: tuple[str, ...], mpps_uid: str,
+                  created: bool, outcome: int = SUCCESS, description: str = "") -> None:
+        """PS3.15 A.5.3.8 Procedure Record: an MPPS created (action C) or updated (U); the patient and the
+        studies are the participant objects, the MPPS SOP Instance UID is named in the description."""
+        objects = [patient(patient_id)] + [study(uid) for uid in study_uids]
+        text = f"MPPS {mpps_uid}" + (f": {description}" if description else "")
+        self.record(PROCEDURE_RECORD, "C" if created else "U", outcome, [peer(calling, address), self.me()],
+                    objects, description=text)

@@ -21,6 +21,8 @@ COMMANDS = {
     "storescp": "pacs_cli.commands.storescp:storescp",
     "storescu": "pacs_cli.commands.storescu:storescu",
     "findscu": "pacs_cli.commands.find:findscu",
+    "mwl-scp": "pacs_cli.commands.mwl_scp:mwl_scp",
+    "mpps-scu": "pacs_cli.commands.mpps_scu:mpps_scu",
 }
 ALIASES: dict[str, str] = {"find": "findscu"}
 
