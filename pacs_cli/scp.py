@@ -4,7 +4,8 @@ pynetdicom only takes process-wide."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynetdicom import _config
@@ -13,7 +14,7 @@ from pynetdicom.sop_class import Verification
 
 from pacs_cli.archive import Archive
 from pacs_cli.audit import AuditLog
-from pacs_cli.dimse import find, store
+from pacs_cli.dimse import find, retrieve, store
 from pacs_cli.dimse.server import RunLimits, Server, Stats, association_handlers
 from pacs_cli.hooks import CommandRunner, EventLog
 from pacs_cli.options import Listener
@@ -29,9 +30,10 @@ class StoreSettings:
     events: Path | None
     exec_on_store: str | None
     faults: store.Faults
-    query: bool = True  # answer Patient/Study Root C-FIND from the index on the same port
+    query: bool = True  # answer Patient/Study Root C-FIND, C-MOVE and C-GET from the archive on the same port
     max_results: int | None = None  # C-FIND: more matches than this end with 0xA700
     audit_log: Path | None = None
+    destinations: Mapping[str, retrieve.Destination] = field(default_factory=dict)  # C-MOVE, by AE title
 
 
 def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
@@ -43,8 +45,8 @@ def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
 
 
 class StorageSCP:
-    """storescp: Verification, Storage and (unless ``query`` is off) Q/R FIND on one port, in front of
-    an :class:`Archive`."""
+    """storescp: Verification, Storage and (unless ``query`` is off) Q/R FIND, MOVE and GET on one port,
+    in front of an :class:`Archive`."""
 
     def __init__(self, listener: Listener, settings: StoreSettings, debug: bool = False):
         self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
@@ -63,6 +65,14 @@ class StorageSCP:
             handlers += find.handlers(self.archive.index, find.QueryOptions(settings.max_results), self.events,
                                       self.audit)
             contexts += find.query_contexts()
+            handlers += retrieve.handlers(self.archive, retrieve.RetrieveOptions(settings.destinations,
+                                                                                 listener.max_pdu), self.events)
+            contexts += retrieve.retrieve_contexts()
+            for cx in contexts:
+                # C-GET sends C-STOREs back to the requester: accept the SCP role it proposes for a
+                # storage class, and the plain SCU role too (PS3.7 D.3.3.4)
+                if cx.abstract_syntax not in (Verification, *(m.uid for m in retrieve.BY_UID.values())):
+                    cx.scu_role = cx.scp_role = True
         self.server = Server(listener, contexts, handlers, self.audit)
 
     def run(self, limits: RunLimits, on_ready) -> None:

@@ -310,6 +310,17 @@ class Index:
         finally:
             cursor.close()
 
+    def instances(self, query: matching.Query) -> list[tuple[str, str, str, str]]:
+        """Every instance at or below the entities ``query`` matches, as (sop_instance_uid,
+        sop_class_uid, transfer_syntax_uid, path), in the order they were stored: what a C-MOVE or
+        C-GET sends. A list, not a stream: the SCP needs the count and the presentation contexts
+        before the first sub-operation (PS3.4 C.4.2.3), and the rows are small.
+        """
+        conn = self._query_connection()
+        sql = (f"SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.path FROM {_FROM_ALL} "
+               f"WHERE {query.where} ORDER BY i.pk")
+        return [tuple(row) for row in conn.execute(sql, query.params)]
+
     def _query_connection(self) -> sqlite3.Connection:
         """This thread's connection, with the SQL functions C-FIND matching calls (TM/DT, PN groups).
 

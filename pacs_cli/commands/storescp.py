@@ -40,7 +40,8 @@ def _status_code(text: str) -> int:
 @click.option("--fault-abort-after", type=click.IntRange(min=0), metavar="N",
               help="Fault injection: abort each association after N objects.")
 @click.option("--no-query", is_flag=True,
-              help="Do not answer C-FIND (Patient Root and Study Root Query/Retrieve) on this port.")
+              help="Do not answer C-FIND, C-MOVE and C-GET (Patient Root and Study Root Query/Retrieve) "
+                   "on this port.")
 @click.option("--max-results", type=click.IntRange(min=1), metavar="N",
               help="C-FIND: send at most N matches, then answer 0xA700 (Out of Resources) if there are more.")
 @click.pass_obj
@@ -52,6 +53,7 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
     Files are stored as received (no decode and re-encode), by default under
     ./archive/PATIENT/STUDY/SERIES/INSTANCE.dcm, indexed in ./archive/index.sqlite.
     Any called AE title is accepted unless --accept-called-aet is given.
+    C-MOVE destinations are the config file's [peers.NAME] entries, by ae_title.
 
     \b
     Examples:
@@ -65,7 +67,8 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
 
     settings = StoreSettings(archive_dir, db_path, path_template or layout, on_duplicate, fsync,
                              events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after),
-                             query=not no_query, max_results=max_results, audit_log=audit_log)
+                             query=not no_query, max_results=max_results, audit_log=audit_log,
+                             destinations={peer.ae_title: peer for peer in state.config.peers.values()})
     scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
 
     def ready(host, port):

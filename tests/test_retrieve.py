@@ -1,0 +1,283 @@
+"""C-MOVE and C-GET from `pacs storescp`: DCMTK's movescu and getscu, and a pynetdicom SCU for the statuses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from conftest import dcmtk_binary, free_port
+from test_storescp import StoreSCP, dataset_bytes, dcmtk_send, make_file
+
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+
+
+@pytest.fixture
+def archive(tmp_path, monkeypatch):
+    """`pacs storescp` with a config naming DEST at a free port, holding two studies (3 + 1 instances)."""
+    dest_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[peers.dest]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {dest_port}\n')
+    monkeypatch.setenv("PACS_CONFIG", str(config))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    study, series = generate_uid(), generate_uid()
+    files = [make_file(sources / f"a{n}.dcm", study=study, series=series) for n in range(2)]
+    files.append(make_file(sources / "a2.dcm", study=study))  # a second series of the study
+    other = make_file(sources / "b.dcm", patient_id="PAT2")
+    scp = StoreSCP(tmp_path, "-aet", "PACS")
+    assert dcmtk_send(scp.port, *files, other).returncode == 0
+    yield scp, dest_port, study, series, files, other
+    scp.proc.stop()
+
+
+def movescu(scp_port, dest_port, out: Path, *keys: str, dest="DEST"):
+    out.mkdir(exist_ok=True)
+    args = [dcmtk_binary("movescu"), "-d", "-S", "-aec", "PACS", "-aet", "MOVER", "-aem", dest,
+            "--port", str(dest_port), "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    return subprocess.run([*args, "127.0.0.1", str(scp_port)], capture_output=True, text=True, timeout=120)
+
+
+def getscu(scp_port, out: Path, *keys: str):
+    out.mkdir(exist_ok=True)
+    args = [dcmtk_binary("getscu"), "-d", "-S", "-aec", "PACS", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    return subprocess.run([*args, "127.0.0.1", str(scp_port)], capture_output=True, text=True, timeout=120)
+
+
+def received(out: Path) -> dict[str, bytes]:
+    """SOP Instance UID -> bytes after the file meta, of every file DCMTK wrote into ``out``."""
+    import pydicom
+
+    return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: dataset_bytes(p)
+            for p in out.iterdir() if p.is_file()}
+
+
+def originals(*paths: Path) -> dict[str, bytes]:
+    import pydicom
+
+    return {pydicom.dcmread(p).SOPInstanceUID: dataset_bytes(p) for p in paths}
+
+
+def test_dcmtk_movescu_moves_a_study_byte_identical(archive, tmp_path):
+    scp, dest_port, study, _, files, _ = archive
+    result = movescu(scp.port, dest_port, tmp_path / "moved", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert received(tmp_path / "moved") == originals(*files)
+    assert "0x0000: Success" in result.stderr
+    assert re.search(r"Completed Suboperations +: 3", result.stderr)
+
+
+def test_dcmtk_movescu_moves_one_series(archive, tmp_path):
+    scp, dest_port, study, series, files, _ = archive
+    result = movescu(scp.port, dest_port, tmp_path / "moved", "QueryRetrieveLevel=SERIES",
+                     f"StudyInstanceUID={study}", f"SeriesInstanceUID={series}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert received(tmp_path / "moved") == originals(*files[:2])
+
+
+def test_dcmtk_getscu_gets_a_study_and_a_series_byte_identical(archive, tmp_path):
+    scp, _, study, series, files, _ = archive
+    result = getscu(scp.port, tmp_path / "study", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert received(tmp_path / "study") == originals(*files)
+    result = getscu(scp.port, tmp_path / "series", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}",
+                    f"SeriesInstanceUID={series}")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert received(tmp_path / "series") == originals(*files[:2])
+
+
+def test_dcmtk_movescu_unknown_destination_is_a801_with_what_to_configure(archive, tmp_path):
+    scp, dest_port, study, _, _, _ = archive
+    result = movescu(scp.port, dest_port, tmp_path / "moved", "QueryRetrieveLevel=STUDY",
+                     f"StudyInstanceUID={study}", dest="NOBODY")
+    output = result.stdout + result.stderr
+    assert "0xa801" in output.lower()
+    assert 'ae_title="NOBODY"' in output
+    assert not list((tmp_path / "moved").iterdir())
+
+
+# --- statuses, through a pynetdicom SCU -----------------------------------------------------------
+
+@pytest.fixture
+def receiver():
+    """A pynetdicom storage SCP as move destination DEST, keeping what arrives (UID -> dataset)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    got = {}
+
+    def handle(event):
+        got[event.dataset.SOPInstanceUID] = event.dataset
+        return 0
+
+    ae = AE(ae_title="DEST")
+    ae.supported_contexts = AllStoragePresentationContexts
+    servers = []
+
+    def start(port):
+        servers.append(ae.start_server(("127.0.0.1", port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, handle)]))
+        return got
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def move(port, identifier: Dataset, model=STUDY_ROOT_MOVE, dest="DEST", cancel_after=None):
+    """[(status, identifier)] of one C-MOVE from a pynetdicom SCU."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        responses = []
+        for status, ds in assoc.send_c_move(identifier, dest, model, msg_id=7):
+            responses.append((status, ds))
+            if cancel_after is not None and len(responses) == cancel_after:
+                assoc.send_c_cancel(7, assoc.accepted_contexts[0].context_id)
+        return responses
+    finally:
+        assoc.release()
+        ae.shutdown()
+
+
+def identifier(level, **keys) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_pending_counts_and_success(archive, receiver):
+    scp, dest_port, study, _, files, _ = archive
+    got = receiver(dest_port)
+    responses = move(scp.port, identifier("STUDY", StudyInstanceUID=study))
+    pending = [s for s, _ in responses if s.Status == 0xFF00]
+    assert [s.NumberOfRemainingSuboperations for s in pending] == [2, 1, 0]
+    assert [s.NumberOfCompletedSuboperations for s in pending] == [1, 2, 3]
+    final = responses[-1][0]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
+    assert set(got) == set(originals(*files))
+
+
+def test_patient_and_image_levels_patient_root(archive, receiver):
+    scp, dest_port, _, _, files, other = archive
+    got = receiver(dest_port)
+    final = move(scp.port, identifier("PATIENT", PatientID="PAT2"), PATIENT_ROOT_MOVE)[-1][0]
+    assert final.Status == 0x0000 and set(got) == set(originals(other))
+    uid = next(iter(originals(files[0])))
+    study = move(scp.port, identifier("IMAGE", SOPInstanceUID=uid, StudyInstanceUID="", SeriesInstanceUID=""))
+    assert study[-1][0].Status == 0x0000 and uid in got
+
+
+def test_a_file_gone_from_disk_gives_b000_with_its_uid(archive, receiver):
+    scp, dest_port, study, _, files, _ = archive
+    got = receiver(dest_port)
+    row = scp.rows("select sop_instance_uid, path from instances order by pk")[1]
+    (scp.archive / row["path"]).unlink()
+    responses = move(scp.port, identifier("STUDY", StudyInstanceUID=study))
+    final, failed = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert list(failed.FailedSOPInstanceUIDList) == [row["sop_instance_uid"]] or \
+        failed.FailedSOPInstanceUIDList == row["sop_instance_uid"]
+    assert len(got) == 2
+
+
+def test_all_sub_operations_failed_is_a702(archive, receiver):
+    scp, dest_port, _, _, _, _ = archive
+    receiver(dest_port)
+    row = scp.rows("select i.sop_instance_uid, i.path from instances i join series se on i.series_pk = se.pk "
+                   "join studies st on se.study_pk = st.pk join patients p on st.patient_pk = p.pk "
+                   "where p.patient_id = 'PAT2'")[0]
+    (scp.archive / row["path"]).unlink()
+    final, failed = move(scp.port, identifier("PATIENT", PatientID="PAT2"), PATIENT_ROOT_MOVE)[-1]
+    assert final.Status == 0xA702
+    assert failed.FailedSOPInstanceUIDList == row["sop_instance_uid"]
+
+
+def test_destination_that_does_not_answer_is_a801(archive):
+    scp, _, study, _, _, _ = archive  # nothing listens on DEST's port
+    final = move(scp.port, identifier("STUDY", StudyInstanceUID=study))[-1][0]
+    assert final.Status == 0xA801
+    assert "cannot associate with DEST" in final.ErrorComment
+
+
+@pytest.mark.parametrize("level, keys, comment", [
+    ("STUDY", {}, "needs StudyInstanceUID"),
+    ("STUDY", {"StudyInstanceUID": ""}, "needs StudyInstanceUID"),
+    ("PATIENT", {"PatientID": "PAT1"}, "no level"),  # Study Root has no PATIENT level
+    ("SERIES", {"StudyInstanceUID": "1.2", "Modality": "CT", "SOPInstanceUID": "1.2.3"}, "SOPInstanceUID"),
+])
+def test_bad_identifier_is_a900(archive, level, keys, comment):
+    scp, _, _, _, _, _ = archive
+    final = move(scp.port, identifier(level, **keys))[-1][0]
+    assert final.Status == 0xA900
+    assert comment in final.ErrorComment
+
+
+def test_dcmtk_getscu_with_a_file_gone_gives_b000(archive, tmp_path):
+    scp, _, study, _, files, _ = archive
+    row = scp.rows("select sop_instance_uid, path from instances order by pk")[0]
+    (scp.archive / row["path"]).unlink()
+    result = getscu(scp.port, tmp_path / "got", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
+    assert "0xb000: Warning" in result.stderr  # getscu does not print the Failed SOP Instance UID List
+    assert re.search(r"Number of Failed Suboperations +: 1", result.stderr)
+    assert received(tmp_path / "got") == originals(*files[1:])
+
+
+def test_nothing_matched_is_success_without_sub_operations(archive, receiver):
+    scp, dest_port, _, _, _, _ = archive
+    got = receiver(dest_port)
+    final = move(scp.port, identifier("STUDY", StudyInstanceUID="1.2.3.4"))[-1][0]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 0 and not got
+
+
+def test_cancel_between_sub_operations_is_fe00(archive, receiver):
+    scp, dest_port, study, _, _, _ = archive
+    receiver(dest_port)
+    responses = move(scp.port, identifier("STUDY", StudyInstanceUID=study), cancel_after=1)
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert final.NumberOfCompletedSuboperations + final.NumberOfRemainingSuboperations == 3
+    assert final.NumberOfRemainingSuboperations >= 1
+
+
+def test_no_query_turns_retrieve_off(tmp_path):
+    from pynetdicom import AE
+
+    scp = StoreSCP(tmp_path, "--no-query")
+    try:
+        ae = AE(ae_title="MOVER")
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="PACS")
+        assert not assoc.is_established or not assoc.accepted_contexts
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+    finally:
+        scp.proc.stop()
+
+
+def test_move_contexts_are_at_most_128():
+    from pacs_cli.dimse.retrieve import move_contexts
+
+    rows = [(str(n), f"1.2.3.{n}", "1.2.840.10008.1.2.1", "x") for n in range(200)]
+    contexts = move_contexts(rows)
+    assert len(contexts) == 128
+    same_class = [(str(n), "1.2.3", ts, "x") for n, ts in enumerate(["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])]
+    assert [cx.transfer_syntax for cx in move_contexts(same_class)] == [
+        ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"], ["1.2.840.10008.1.2.4.50"]]
