@@ -52,11 +52,19 @@ class ConnectionFailed(NetworkError):
 
 
 class AssociationRejected(NetworkError):
-    """The peer answered A-ASSOCIATE-RJ."""
+    """The peer answered A-ASSOCIATE-RJ; ``transient`` when PS3.8 result 2 says asking again may work."""
+
+    def __init__(self, message: str, hint: str | None = None, transient: bool = False):
+        super().__init__(message, hint)
+        self.transient = transient
 
 
 class AssociationAborted(NetworkError):
     """The peer or the network ended the association with an A-ABORT."""
+
+
+class NoAcceptableContexts(AssociationAborted):
+    """The peer accepted the association but none of the proposed presentation contexts."""
 
 
 class NetworkTimeout(NetworkError):

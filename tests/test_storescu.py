@@ -374,6 +374,23 @@ def test_warning_status_counts_as_stored(script_runner, scp_factory, tmp_path):
     assert "0xB000 Warning: Coercion of Data Elements" in result.stderr
 
 
+def test_mutual_tls(script_runner, scp_factory, tmp_path):
+    """TLS and certificates come from the options every network command shares."""
+    from certificates import CA
+
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca = CA(folder)
+    server, client = ca.issue("server"), ca.issue("client")
+    scp = scp_factory("--tls-cert", server.cert, "--tls-key", server.key, "--tls-ca", ca.pem)
+    source = make_file(tmp_path / "a.dcm")
+    result = storescu(script_runner, scp.port, source, "--tls-ca", ca.pem, "--tls-cert", client.cert,
+                      "--tls-key", client.key)
+    assert result.returncode == 0, result.stderr
+    [stored] = scp.files()
+    assert dataset_bytes(stored) == dataset_bytes(source)
+
+
 # --- large files -------------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from pacs_cli.errors import (
     ConnectionFailed,
     NetworkError,
     NetworkTimeout,
+    NoAcceptableContexts,
 )
 from pacs_cli.options import Connection, Timeouts
 
@@ -150,7 +151,7 @@ def _raise_unless_established(assoc, connection: Connection, received: list) -> 
         raise AssociationAborted(f"{peer} aborted the association request", _abort_hint(connection))
     if assoc.acceptor.primitive is not None and assoc.acceptor.primitive.result == 0:
         proposed = sorted({cx.abstract_syntax.name for cx in assoc.requestor.requested_contexts})
-        raise AssociationAborted(
+        raise NoAcceptableContexts(
             f"{peer} accepted none of the proposed presentation contexts ({', '.join(proposed)})",
             "the peer does not offer this service, or not with these transfer syntaxes",
         )
@@ -188,4 +189,5 @@ def _rejection(primitive, peer) -> AssociationRejected:
     """PS3.8 A-ASSOCIATE-RJ result, source and reason, in words, with the likely fix."""
     hint = REJECTION_HINTS.get((primitive.result_source, primitive.diagnostic))
     words = f"{primitive.reason_str} [{primitive.result_str}, source: {primitive.source_str}]"
-    return AssociationRejected(f"association rejected by {peer}: {words}", hint)
+    return AssociationRejected(f"association rejected by {peer}: {words}", hint,
+                               transient=primitive.result == 0x02)

@@ -5,7 +5,8 @@ The steps, each a small function below:
 1. **gather** files, directories (recursive unless told otherwise), glob patterns and paths read from
    stdin, in the order given.
 2. **scan** headers only: the file meta gives the Transfer Syntax, and the dataset is read only up to
-   (0008,0018) for its SOP Class and Instance UIDs (tens of µs a file). A file without a Part 10 preamble
+   (0008,0018) for its SOP Class and Instance UIDs - the ones the C-STORE must carry (about twice the
+   cost of ``read_file_meta_info``: 0.1-0.3 ms a file, against 5 ms to send a small file). A file without a Part 10 preamble
    (a raw dataset) is read with ``dcmread(force=True, stop_before_pixels=True)`` instead and is later sent
    decoded. Files that are not DICOM, and DICOMDIRs, are skipped and counted.
 3. **journal**: drop the files the same peer already confirmed in an earlier run.
@@ -51,7 +52,9 @@ from pynetdicom.pdu_primitives import A_ABORT
 
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.ae import associate
-from pacs_cli.errors import AssociationAborted, AssociationRejected, NetworkError, NetworkTimeout, PacsError
+from pacs_cli.errors import (
+    AssociationAborted, AssociationRejected, NetworkError, NetworkTimeout, NoAcceptableContexts, PacsError,
+)
 from pacs_cli.options import Connection
 
 log = logging.getLogger("pacs_cli.storescu")
@@ -72,6 +75,7 @@ WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 PIXEL_DATA = 0x7FE00010
 SOP_INSTANCE_UID = 0x00080018
 NO_UIDS = "no SOP Class or SOP Instance UID in the dataset"
+VERBS = {"decoded": "decode", "converted": "convert", "decompressed": "decompress"}
 
 STORED, WARNING, FAILED, SKIPPED, ALREADY_SENT = "stored", "warning", "failed", "skipped", "already-sent"
 
@@ -191,8 +195,6 @@ class Summary:
     failed: collections.Counter = field(default_factory=collections.Counter)
     skipped: collections.Counter = field(default_factory=collections.Counter)
     associations: int = 0
-    planned_files: int = 0
-    planned_bytes: int = 0
     seconds: float = 0.0
     network_error: NetworkError | None = None
     hints: dict = field(default_factory=dict)  # reason -> what to do about it
@@ -614,7 +616,7 @@ def prepare(item: Item, route: Route):
         warnings.simplefilter("ignore")
         ds = dcmread(item.path, force=True)
     if route.conversion == "decompressed":
-        ds.decompress(generate_instance_uid=False)  # same instance: only the encoding changes (PS3.5 10)
+        ds.decompress(generate_instance_uid=False)  # the same instance, in another transfer syntax
     elif UID(item.transfer_syntax) == ExplicitVRBigEndian and route.syntax != ExplicitVRBigEndian:
         _to_little_endian(ds)
     ds.walk(lambda dataset, elem: None)  # converts every raw element with the encoding it was read in
@@ -651,7 +653,8 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
         payload = item.path if direct else prepare(item, route)
         _check_unchanged(item)
     except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
-        return _failed(item, f"cannot {'read' if direct else 'convert'} the file", _exception_text(exc))
+        verb = "read" if direct else VERBS[route.conversion]
+        return _failed(item, f"cannot {verb} the file", _exception_text(exc))
     assoc.dimse_timeout = connection.timeouts.dimse + item.size / SLOWEST_RATE
     started = time.monotonic()
     pause_reactor(assoc)
@@ -659,6 +662,8 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
         rsp = assoc.send_c_store(payload, msg_id=msg_id)
     except (ValueError, AttributeError) as exc:  # pynetdicom found no context, or the meta lacks a UID
         return _failed(item, "not sent", str(exc))
+    finally:
+        assoc._reactor_checkpoint.set()  # send_c_store resumes the reactor itself, unless it raised
     if "Status" not in rsp:
         raise _no_response(assoc, connection, item, time.monotonic() - started)
     return _answered(item, rsp, route)
@@ -846,10 +851,14 @@ def _associate_and_send(connection: Connection, batch: Batch, pending: collectio
 
 
 def retryable(exc: NetworkError) -> bool:
-    """Connection failures, timeouts, aborts and transient rejections (PS3.8 Table 9-21 result 2)."""
+    """Connection failures, timeouts, aborts and transient rejections (PS3.8 Table 9-21 result 2).
+
+    Not a permanent rejection, nor a peer that accepted none of the contexts (not even Verification):
+    asking again gets the same answer.
+    """
     if isinstance(exc, AssociationRejected):
-        return "Transient" in exc.message  # ae.py words the A-ASSOCIATE-RJ result as "Rejected (Transient)"
-    return True
+        return exc.transient
+    return not isinstance(exc, NoAcceptableContexts)
 
 
 # --- parallel associations ------------------------------------------------------------------------------
@@ -1006,7 +1015,6 @@ class StoreSCU:
         journal = Journal(self.options.journal, peer_key(self.connection)) if self.options.journal else None
         try:
             items = self._scan(sources, stdin, journal)
-            self.summary.planned_files, self.summary.planned_bytes = len(items), sum(i.size for i in items)
             configure_pynetdicom()
             self._send(items, lambda kind, payload: self._handle(kind, payload, journal))
         finally:
