@@ -23,6 +23,8 @@ COMMANDS = {
     "findscu": "pacs_cli.commands.find:findscu",
     "mwl-scp": "pacs_cli.commands.mwl_scp:mwl_scp",
     "mpps-scu": "pacs_cli.commands.mpps_scu:mpps_scu",
+    "movescu": "pacs_cli.commands.move:movescu",
+    "getscu": "pacs_cli.commands.get:getscu",
 }
 ALIASES: dict[str, str] = {"find": "findscu"}
 

@@ -8,16 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pynetdicom import _config
+from pynetdicom import _config, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from pacs_cli.archive import Archive
 from pacs_cli.audit import AuditLog
-from pacs_cli.dimse import find, retrieve, store
+from pacs_cli.dimse import find, mpps, retrieve, store, worklist
 from pacs_cli.dimse.server import RunLimits, Server, Stats, association_handlers
 from pacs_cli.hooks import CommandRunner, EventLog
 from pacs_cli.options import Listener
+from pacs_cli.worklist.scp import open_store as open_worklist
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class StoreSettings:
     faults: store.Faults
     query: bool = True  # answer Patient/Study Root C-FIND, C-MOVE and C-GET from the archive on the same port
     max_results: int | None = None  # C-FIND: more matches than this end with 0xA700
+    worklist: Path | None = None  # also serve Modality Worklist and MPPS from this item directory
     audit_log: Path | None = None
     destinations: Mapping[str, retrieve.Destination] = field(default_factory=dict)  # C-MOVE, by AE title
 
@@ -61,10 +63,10 @@ class StorageSCP:
             *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults, self.audit),
         ]
         contexts = [build_context(Verification), *store.storage_contexts()]
+        find_services = []
         if settings.query:
-            handlers += find.handlers(self.archive.index, find.QueryOptions(settings.max_results), self.events,
-                                      self.audit)
-            contexts += find.query_contexts()
+            find_services.append((find.handlers(self.archive.index, find.QueryOptions(settings.max_results),
+                                                 self.events, self.audit), find.query_contexts()))
             handlers += retrieve.handlers(self.archive, retrieve.RetrieveOptions(settings.destinations,
                                                                                  listener.max_pdu), self.events)
             contexts += retrieve.retrieve_contexts()
@@ -73,6 +75,16 @@ class StorageSCP:
                 # storage class, and the plain SCU role too (PS3.7 D.3.3.4)
                 if cx.abstract_syntax not in (Verification, *(m.uid for m in retrieve.BY_UID.values())):
                     cx.scu_role = cx.scp_role = True
+        self.worklist = None
+        if settings.worklist:
+            self.worklist = open_worklist(settings.worklist, None)
+            find_services.append((worklist.handlers(self.worklist, self.events, self.audit),
+                                  worklist.worklist_contexts()))
+            handlers += mpps.handlers(self.worklist, self.events, self.audit, self.stats)
+            contexts += mpps.mpps_contexts()
+        for service_handlers, service_contexts in find_services:
+            contexts += service_contexts
+        handlers += route_c_find(find_services)
         self.server = Server(listener, contexts, handlers, self.audit)
 
     def run(self, limits: RunLimits, on_ready) -> None:
@@ -83,3 +95,27 @@ class StorageSCP:
             self.events.close()
             self.audit.close()
             self.archive.close()
+            if self.worklist is not None:
+                self.worklist.close()
+
+
+def route_c_find(services) -> list:
+    """pynetdicom binds one EVT_C_FIND handler per AE: send each request to the service of its SOP class.
+
+    ``services`` holds (handlers, contexts) pairs; every other event of a service is bound as it is.
+    """
+    routes, others = {}, []
+    for service_handlers, service_contexts in services:
+        for entry in service_handlers:
+            if entry[0] is evt.EVT_C_FIND:
+                routes.update({str(cx.abstract_syntax): entry for cx in service_contexts})
+            else:
+                others.append(entry)
+    if not routes:
+        return others
+
+    def handle_find(event):
+        _, handler, args = routes[str(event.request.AffectedSOPClassUID)]
+        return handler(event, *args)
+
+    return [*others, (evt.EVT_C_FIND, handle_find)]

@@ -1,9 +1,10 @@
 """``pacs storescp``: the storage SCP in front of the archive."""
 
+from pathlib import Path
+
 import click
 
 from pacs_cli.errors import OperationFailed
-
 from pacs_cli.options import archive_options, listener_options, run_options
 
 
@@ -44,10 +45,13 @@ def _status_code(text: str) -> int:
                    "on this port.")
 @click.option("--max-results", type=click.IntRange(min=1), metavar="N",
               help="C-FIND: send at most N matches, then answer 0xA700 (Out of Resources) if there are more.")
+@click.option("--worklist", "worklist_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also serve Modality Worklist and MPPS from the item files in DIR, as pacs mwl-scp does "
+                   "(one process plays RIS and PACS).")
 @click.pass_obj
 def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync,
              ready_file, exit_after, idle_exit, events, audit_log, exec_on_store, fault_status, fault_delay,
-             fault_abort_after, no_query, max_results):
+             fault_abort_after, no_query, max_results, worklist_dir):
     """Receive DICOM objects into an archive with a SQLite index.
 
     Files are stored as received (no decode and re-encode), by default under
@@ -68,7 +72,8 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
     settings = StoreSettings(archive_dir, db_path, path_template or layout, on_duplicate, fsync,
                              events, exec_on_store, Faults(fault_status, fault_delay, fault_abort_after),
                              query=not no_query, max_results=max_results, audit_log=audit_log,
-                             destinations={peer.ae_title: peer for peer in state.config.peers.values()})
+                             destinations={peer.ae_title: peer for peer in state.config.peers.values()},
+                             worklist=worklist_dir)
     scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
 
     def ready(host, port):

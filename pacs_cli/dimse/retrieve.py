@@ -315,3 +315,272 @@ def handlers(archive, options: RetrieveOptions, events=None):
         (evt.EVT_C_MOVE, handle_move, [archive, options, events]),
         (evt.EVT_C_GET, handle_get, [archive, events]),
     ]
+
+
+# --- the SCU ------------------------------------------------------------------------------------
+#
+# :func:`move` and :func:`get` send one C-MOVE or C-GET and fill a :class:`RetrieveOutcome` from the
+# pending and final responses; :func:`check_retrieve` turns it into an exit status. C-GET receives the
+# instances over its own association (SCP role negotiation, PS3.7 D.3.3.4) and :class:`Receiver` writes
+# each one as it came over the wire, file meta added, never decoded.
+
+# Storage SOP classes a C-GET proposes when it was not told which ones the peer holds: the image
+# classes also get contexts for the common compressed transfer syntaxes, as room allows (each
+# context is accepted with one transfer syntax, and a file goes only in its own one).
+def _uids(*names: str) -> tuple[str, ...]:
+    from pynetdicom import sop_class
+
+    return tuple(str(getattr(sop_class, name)) for name in names)
+
+
+IMAGE_CLASSES = _uids(
+    "CTImageStorage", "MRImageStorage", "ComputedRadiographyImageStorage",
+    "DigitalXRayImageStorageForPresentation", "DigitalMammographyXRayImageStorageForPresentation",
+    "UltrasoundImageStorage", "UltrasoundMultiFrameImageStorage", "SecondaryCaptureImageStorage",
+    "EnhancedCTImageStorage", "EnhancedMRImageStorage", "XRayAngiographicImageStorage",
+    "XRayRadiofluoroscopicImageStorage", "NuclearMedicineImageStorage", "PositronEmissionTomographyImageStorage",
+    "DigitalXRayImageStorageForProcessing", "DigitalMammographyXRayImageStorageForProcessing",
+    "BreastTomosynthesisImageStorage", "MultiFrameGrayscaleByteSecondaryCaptureImageStorage",
+    "MultiFrameGrayscaleWordSecondaryCaptureImageStorage", "MultiFrameTrueColorSecondaryCaptureImageStorage",
+    "EnhancedPETImageStorage", "RTImageStorage", "RTDoseStorage", "VLPhotographicImageStorage",
+    "VLEndoscopicImageStorage", "VLMicroscopicImageStorage", "VLWholeSlideMicroscopyImageStorage",
+    "OphthalmicPhotography8BitImageStorage", "DigitalIntraOralXRayImageStorageForPresentation",
+    "XRay3DAngiographicImageStorage", "EnhancedXAImageStorage",
+)
+OTHER_CLASSES = _uids(
+    "RTStructureSetStorage", "RTPlanStorage", "BasicTextSRStorage", "EnhancedSRStorage",
+    "ComprehensiveSRStorage", "XRayRadiationDoseSRStorage", "KeyObjectSelectionDocumentStorage",
+    "GrayscaleSoftcopyPresentationStateStorage", "EncapsulatedPDFStorage", "SegmentationStorage",
+    "RawDataStorage", "SpatialRegistrationStorage",
+)
+UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]  # Explicit, Implicit VR Little Endian
+COMPRESSED = [  # most common first
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+]
+
+
+def get_contexts(sop_classes=None, room: int = MAX_CONTEXTS - 1) -> list:
+    """Storage contexts for a C-GET, at most ``room``: every class uncompressed first, then compressed ones.
+
+    ``sop_classes``: the classes the peer holds (from a C-FIND), all of which get compressed contexts;
+    else the common classes above, the image ones getting compressed contexts. Beyond ``room``, the
+    classes or syntaxes at the end of the lists are left out.
+    """
+    classes = list(dict.fromkeys(sop_classes)) if sop_classes else [*IMAGE_CLASSES, *OTHER_CLASSES]
+    compressible = classes if sop_classes else list(IMAGE_CLASSES)
+    if len(classes) > room:
+        log.warning("%d SOP classes: only the first %d can be proposed in one association", len(classes), room)
+    contexts = [build_context(uid, UNCOMPRESSED) for uid in classes[:room]]
+    for syntax in COMPRESSED:
+        for uid in compressible:
+            if len(contexts) >= room:
+                return contexts
+            contexts.append(build_context(uid, [syntax]))
+    return contexts
+
+
+@dataclass
+class RetrieveOutcome:
+    """How a C-MOVE or C-GET went: the sub-operation counts (from the last response holding them),
+    the final status and comment, the failed instances, and the files a C-GET wrote."""
+
+    operation: str  # "move" or "get"
+    where: str = ""
+    status: int | None = None
+    comment: str = ""
+    remaining: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: tuple[str, ...] = ()
+    local_address: str = ""  # our side of the association: what a peer must configure for C-MOVE
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.warning
+
+    @property
+    def total(self) -> int | None:
+        return None if self.remaining is None else self.done + self.remaining
+
+    def summary(self) -> str:
+        words = "no final response" if self.status is None else statuses.describe(self.status, self.operation)
+        comment = f" ({self.comment})" if self.comment else ""
+        return (f"C-{self.operation.upper()} {self.where}: {self.completed} completed, {self.failed} failed, "
+                f"{self.warning} warning; {words}{comment}")
+
+
+def _take_counts(rsp_status: Dataset, outcome: RetrieveOutcome) -> None:
+    for attribute, keyword in (("remaining", "NumberOfRemainingSuboperations"),
+                               ("completed", "NumberOfCompletedSuboperations"),
+                               ("failed", "NumberOfFailedSuboperations"),
+                               ("warning", "NumberOfWarningSuboperations")):
+        value = rsp_status.get(keyword)
+        if value is not None and value != "":
+            setattr(outcome, attribute, int(value))
+
+
+def _responses(assoc, responses, connection, outcome: RetrieveOutcome, on_pending=None) -> None:
+    """Read every response into ``outcome``; ``on_pending(outcome)`` after each pending one."""
+    for rsp_status, rsp in responses:
+        if "Status" not in rsp_status:
+            _raise_lost(assoc, connection, outcome.operation)
+        code = rsp_status.Status
+        _take_counts(rsp_status, outcome)
+        if statuses.category(code) == "Pending":
+            if on_pending is not None:
+                on_pending(outcome)
+            continue
+        outcome.status = code
+        outcome.comment = str(rsp_status.get("ErrorComment", "") or "")
+        if rsp is not None and "FailedSOPInstanceUIDList" in rsp:
+            value = rsp.FailedSOPInstanceUIDList
+            outcome.failed_uids = tuple(str(v) for v in ([value] if isinstance(value, str) else value) if v)
+        if outcome.remaining is None:
+            outcome.remaining = 0
+
+
+def _raise_lost(assoc, connection, operation: str):
+    from pacs_cli.errors import AssociationAborted, NetworkTimeout
+
+    if assoc.is_aborted:
+        raise AssociationAborted(f"{connection.peer} aborted the association during C-{operation.upper()}")
+    raise NetworkTimeout(f"no C-{operation.upper()} response from {connection.peer} within "
+                         f"{connection.timeouts.dimse:g} s", "raise -td")
+
+
+def move(connection, identifier: Dataset, model: Model, destination: str, outcome: RetrieveOutcome,
+         on_pending=None) -> RetrieveOutcome:
+    """Send one C-MOVE of ``identifier`` to ``destination`` (an AE title the peer knows).
+
+    Raises NetworkError subclasses (exit 3) when the association cannot be made or breaks.
+    """
+    from pacs_cli.dimse.ae import associate
+
+    outcome.where = f"from {connection.peer} to {destination}"
+    with associate(connection, [build_context(model.uid, TRANSFER_SYNTAXES)]) as assoc:
+        outcome.local_address = assoc.requestor.address_info.address
+        _responses(assoc, assoc.send_c_move(identifier, destination, model.uid), connection, outcome, on_pending)
+    return outcome
+
+
+class Receiver:
+    """EVT_C_STORE for a C-GET: each instance written as received to ``directory/<SOP Instance UID>.dcm``.
+
+    The name is :func:`pacs_cli.archive.layout.safe_component` of the UID, so a hostile UID cannot
+    leave the directory; the file appears whole (written beside it, then renamed).
+    """
+
+    def __init__(self, directory, on_stored=None):
+        from pathlib import Path
+
+        self.directory = Path(directory)
+        self.on_stored = on_stored
+        self.written = 0
+        self.bytes = 0
+        self.failed = 0
+
+    def handle(self, event):
+        import os
+
+        from pacs_cli.archive.layout import safe_component
+
+        uid = str(event.request.AffectedSOPInstanceUID or "")
+        path = self.directory / f"{safe_component(uid)}.dcm"
+        partial = path.with_name(path.name + ".partial")
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
+            self.failed += 1
+            log.warning("cannot write %s: %s: %s", path, type(exc).__name__, exc)
+            partial.unlink(missing_ok=True)
+            return 0xA700  # Refused: Out of Resources
+        self.written += 1
+        self.bytes += len(data)
+        log.info("received %s -> %s", uid, path)
+        if self.on_stored is not None:
+            self.on_stored(len(data))
+        return SUCCESS
+
+
+def sop_classes_held(connection, identifier: Dataset, model: Model) -> list[str]:
+    """The SOP classes of the studies ``identifier`` names, by a STUDY-level C-FIND for SOPClassesInStudy.
+
+    Empty when the peer does not return them (the key is optional for an SCP).
+    """
+    from pacs_cli.dimse import find as finding
+
+    query = Dataset()
+    query.QueryRetrieveLevel = STUDY
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        if keyword in identifier:
+            setattr(query, keyword, identifier[keyword].value)
+    if "StudyInstanceUID" not in query:
+        query.StudyInstanceUID = ""
+    query.SOPClassesInStudy = ""
+    classes: list[str] = []
+    find_outcome = finding.Outcome()
+    for ds in finding.find(connection, query, finding.MODELS[model.name], find_outcome):
+        value = ds.get("SOPClassesInStudy")
+        if value:
+            classes += [str(v) for v in (value if not isinstance(value, str) else [value]) if str(v)]
+    return list(dict.fromkeys(classes))
+
+
+def get(connection, identifier: Dataset, model: Model, receiver: Receiver, outcome: RetrieveOutcome,
+        sop_classes=None, on_pending=None) -> RetrieveOutcome:
+    """Send one C-GET of ``identifier``; ``receiver`` writes the instances as they arrive.
+
+    Proposes the GET model and :func:`get_contexts` in the SCP role. Raises NetworkError subclasses
+    (exit 3) when the association cannot be made or breaks.
+    """
+    from pynetdicom.presentation import build_role
+
+    from pacs_cli.dimse.ae import associate
+
+    outcome.where = f"from {connection.peer}"
+    receiver.directory.mkdir(parents=True, exist_ok=True)
+    storage = get_contexts(sop_classes)
+    roles = [build_role(uid, scp_role=True) for uid in dict.fromkeys(cx.abstract_syntax for cx in storage)]
+    contexts = [build_context(model.uid, TRANSFER_SYNTAXES), *storage]
+    with associate(connection, contexts, [(evt.EVT_C_STORE, receiver.handle)], ext_neg=roles) as assoc:
+        outcome.local_address = assoc.requestor.address_info.address
+        _responses(assoc, assoc.send_c_get(identifier, model.uid), connection, outcome, on_pending)
+    return outcome
+
+
+def check_retrieve(outcome: RetrieveOutcome, hint_for_unknown: str | None = None) -> None:
+    """Raise OperationFailed (exit 1) when a sub-operation failed or the final status is not success/warning."""
+    from pacs_cli.errors import OperationFailed
+
+    code = outcome.status
+    if code == MOVE_DESTINATION_UNKNOWN:
+        raise OperationFailed(f"C-MOVE {outcome.where} refused: {statuses.describe(code, 'move')}"
+                              + (f" ({outcome.comment})" if outcome.comment else ""), hint_for_unknown)
+    failed_status = code is None or statuses.category(code) not in ("Success", "Warning")
+    if outcome.failed or failed_status:
+        what = "no final response" if code is None else statuses.describe(code, outcome.operation)
+        uids = f"; failed: {', '.join(outcome.failed_uids[:5])}" if outcome.failed_uids else ""
+        more = " ..." if len(outcome.failed_uids) > 5 else ""
+        raise OperationFailed(f"C-{outcome.operation.upper()} {outcome.where}: {outcome.failed} sub-operation(s) "
+                              f"failed, final status {what}" + (f" ({outcome.comment})" if outcome.comment else "")
+                              + uids + more, _retrieve_hint(code))
+
+
+def _retrieve_hint(code: int | None) -> str | None:
+    if code == IDENTIFIER_DOES_NOT_MATCH:
+        return ("check --model and --level, and give the unique key of the level "
+                "(StudyInstanceUID=..., SeriesInstanceUID=...)")
+    if code is not None and 0xA700 <= code <= 0xA7FF:
+        return "the peer could not make the sub-operations: see its log"
+    return None
