@@ -262,3 +262,23 @@ def test_library_modules_import_neither_click_nor_rich_and_sql_lives_in_db_py():
         assert not [n for n in names if n.split(".")[0] in ("click", "rich")], (path.name, names)
     statement = re.compile(r"""["'](?:SELECT|INSERT|UPDATE|DELETE|CREATE|PRAGMA|BEGIN|COMMIT|ROLLBACK)\b""")
     assert [p.name for p in modules if p.name != "db.py" and statement.search(p.read_text())] == []
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--station", "CT1"], ["SPS001", "SPS003"]),
+    (["--modality", "MR"], ["SPS002"]),
+    (["--station", "CT?", "--date", "20250102-20250104"], ["SPS001", "SPS004"]),
+    (["--date", "today"], []),
+])
+def test_pacs_find_worklist_shortcuts(worklist_scp, script_runner, options, expected):
+    result = script_runner.run(["pacs", "find", "127.0.0.1", str(worklist_scp.port), "-aec", "WORKLIST", "-W",
+                                "-k", f"{SPS}.ScheduledProcedureStepID", *options, "--format", "ndjson"])
+    assert result.returncode == 0, result.stderr
+    steps = sorted(json.loads(line)[f"{SPS}.ScheduledProcedureStepID"] for line in result.stdout.splitlines())
+    assert steps == expected
+
+
+def test_worklist_shortcuts_need_the_worklist_model(script_runner):
+    result = script_runner.run(["pacs", "find", "127.0.0.1", "104", "--station", "CT1"])
+    assert result.returncode == 2
+    assert "add -W" in result.stderr

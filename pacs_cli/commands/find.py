@@ -43,9 +43,14 @@ FORMATS = ("auto", "table", "json", "ndjson", "csv")  # pacs_cli.output.FORMATS,
 @click.option("--combined-datetime", is_flag=True,
               help="Match StudyDate+StudyTime ranges as one date-time range (asked for by extended "
                    "negotiation; PS3.4 C.2.2.2.5).")
+@click.option("--station", metavar="AETITLE",
+              help="Worklist: the Scheduled Station AE Title (in the Scheduled Procedure Step Sequence).")
+@click.option("--modality", metavar="CODE", help="Worklist: the scheduled Modality (CT, MR, ...).")
+@click.option("--date", "step_date", metavar="DATE",
+              help="Worklist: the scheduled start date: today, YYYYMMDD or a range (20250101-20250131).")
 @click.pass_obj
 def findscu(state, connection, archive_dir, db_path, keys, keys_file, level, model, patient_root, study_root,
-            worklist, output_format, write_dir, no_default_keys, combined_datetime):
+            worklist, output_format, write_dir, no_default_keys, combined_datetime, station, modality, step_date):
     """Query a peer with C-FIND, or the archive's own index with --db/--dir.
 
     Prints one row per match: the keys of the level (unless --no-default-keys)
@@ -61,6 +66,7 @@ def findscu(state, connection, archive_dir, db_path, keys, keys_file, level, mod
       pacs find --peer archive --level SERIES -k StudyInstanceUID=1.2.3 --format csv
       pacs find host 104 -m patient --level PATIENT -k PatientID=12345 --write responses/
       pacs find host 104 -W -k 'ScheduledProcedureStepSequence[0].Modality=CT'
+      pacs find host 104 -W --station CT1 --date today
       pacs find --dir /srv/archive -k ModalitiesInStudy=MR --format json
     """
     from pydicom import config as pydicom_config
@@ -71,8 +77,10 @@ def findscu(state, connection, archive_dir, db_path, keys, keys_file, level, mod
 
     _check_target(connection)
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE  # show values as they came
-    chosen = find.MODELS[_model(model, patient_root, study_root, worklist)]
+    chosen_name = _model(model, patient_root, study_root, worklist)
+    chosen = find.MODELS[chosen_name]
     texts = identifiers.read_keys_file(keys_file) if keys_file else []
+    texts += _worklist_shortcuts(chosen_name, station, modality, step_date)
     user_keys = identifiers.parse_keys(texts + [(text, "-k") for text in keys])
     identifier, columns = find.make_identifier(chosen, level, user_keys, defaults=not no_default_keys)
     outcome = find.Outcome()
@@ -97,6 +105,27 @@ def _check_target(connection) -> None:
     if connection is not None and local:
         raise click.UsageError("give HOST PORT (or --peer) to query a peer, or --db/--dir to query "
                                "the archive's index, not both", ctx)
+
+
+SCHEDULED_STEP = "ScheduledProcedureStepSequence[0]"
+
+
+def _worklist_shortcuts(model: str, station, modality, step_date) -> list[tuple[str, str]]:
+    """--station, --modality and --date as keys inside the Scheduled Procedure Step Sequence (PS3.4 K.6)."""
+    given = {"ScheduledStationAETitle": station, "Modality": modality,
+             "ScheduledProcedureStepStartDate": _step_date(step_date) if step_date else None}
+    shortcuts = [(f"{SCHEDULED_STEP}.{keyword}={value}", f"--{option}")
+                 for (keyword, value), option in zip(given.items(), ("station", "modality", "date")) if value]
+    if shortcuts and model != "worklist":
+        raise click.UsageError("--station, --modality and --date are worklist keys: add -W (--model worklist)")
+    return shortcuts
+
+
+def _step_date(text: str) -> str:
+    """'today' in the local calendar, as a scheduler means it; anything else is passed on as a DA key."""
+    import datetime
+
+    return datetime.date.today().strftime("%Y%m%d") if text.lower() == "today" else text
 
 
 def _model(model: str, patient_root: bool, study_root: bool, worklist: bool) -> str:
