@@ -51,6 +51,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs_cli.archive.schema import IMAGE, LEVELS, SERIES, STUDY, UNIQUE_KEYS
+from pacs_cli.config import PeerEntry as Destination  # a C-MOVE destination is a configured peer
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.find import Model, Refused, TRANSFER_SYNTAXES, check_request
 
@@ -76,19 +77,6 @@ BY_UID = {model.uid: model for model in (*MOVE_MODELS.values(), *GET_MODELS.valu
 def retrieve_contexts():
     """The MOVE and GET contexts storescp offers: Patient Root and Study Root, uncompressed only."""
     return [build_context(model.uid, TRANSFER_SYNTAXES) for model in BY_UID.values()]
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a C-MOVE sends: a configured peer (:class:`pacs_cli.config.PeerEntry` fits)."""
-
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
