@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pacs_cli.errors import OperationFailed, UsageError
+from pacs_cli.commands._serving import serve
+from pacs_cli.errors import UsageError
 from pacs_cli.options import listener_options, run_options
 
 LIST_COLUMNS = ("source", "patient_id", "patient_name", "accession_number", "requested_procedure_id",
@@ -83,19 +84,10 @@ def mwl_scp(state, listener, worklist_dir, db_path, ready_file, exit_after, idle
     for error in scp.store.source_errors():
         click.echo(f"warning: {error}", err=True)
 
-    def ready(host, port):
-        if not state.quiet:
-            click.echo(f"pacs mwl-scp: listening on {host}:{port} as {listener.ae_title}, "
-                       f"worklist {Path(worklist_dir).resolve()}")
-
-    try:
-        scp.run(RunLimits(exit_after, idle_exit, ready_file), ready)
-    finally:
-        if not state.quiet:
-            click.echo(f"pacs mwl-scp: {scp.stats.associations} association(s), {scp.stats.stored} MPPS "
-                       f"message(s) answered, {scp.stats.failed} refused")
-    if scp.audit.failures:
-        raise OperationFailed(f"{scp.audit.failures} audit records could not be written to {audit_log}")
+    serve(state, scp, "mwl-scp", f"worklist {Path(worklist_dir).resolve()}",
+          RunLimits(exit_after, idle_exit, ready_file), audit_log,
+          lambda: f"{scp.stats.associations} association(s), {scp.stats.stored} MPPS message(s) answered, "
+                  f"{scp.stats.failed} refused")
 
 
 def _print(rows, columns) -> None:

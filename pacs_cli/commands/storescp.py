@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from pacs_cli.errors import OperationFailed
+from pacs_cli.commands._serving import serve
 from pacs_cli.options import archive_options, listener_options, run_options
 
 
@@ -76,15 +76,5 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
                              worklist=worklist_dir)
     scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
 
-    def ready(host, port):
-        if not state.quiet:
-            click.echo(f"pacs storescp: listening on {host}:{port} as {listener.ae_title}, "
-                       f"archive {scp.archive.root}")
-
-    try:
-        scp.run(RunLimits(exit_after, idle_exit, ready_file), ready)
-    finally:
-        if not state.quiet:
-            click.echo(f"pacs storescp: {scp.stats.summary()}")
-    if scp.audit.failures:
-        raise OperationFailed(f"{scp.audit.failures} audit records could not be written to {audit_log}")
+    serve(state, scp, "storescp", f"archive {scp.archive.root}", RunLimits(exit_after, idle_exit, ready_file),
+          audit_log, scp.stats.summary)

@@ -242,16 +242,23 @@ def handle_find(event, index: Index, options: QueryOptions, events=None, audit=N
         log.warning("C-FIND from %s refused: 0x%04X %s", calling, exc.status, exc.comment)
         yield status_dataset(exc.status, exc.comment), None
     except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
-        # A locked or busy index is worth retrying: "out of resources"; anything else: "unable to process".
-        code = OUT_OF_RESOURCES if isinstance(exc, sqlite3.OperationalError) else UNABLE_TO_PROCESS
-        outcome["status"] = code
-        log.warning("C-FIND from %s failed: %s: %s", calling, type(exc).__name__, exc)
-        log.debug("C-FIND failure", exc_info=exc)
-        yield status_dataset(code, f"the index failed: {type(exc).__name__}"), None
+        yield failure_response(exc, outcome, f"C-FIND from {calling}", "the index"), None
     finally:
         _record(outcome, calling, model, events)
         if audit is not None:
             _audit(audit, event, outcome)
+
+
+def failure_response(exc: Exception, outcome: dict, what: str, source: str):
+    """The final status for an unexpected error while reading ``source``, logged in one line.
+
+    A locked or busy database is worth retrying: "out of resources"; anything else: "unable to process".
+    """
+    code = OUT_OF_RESOURCES if isinstance(exc, sqlite3.OperationalError) else UNABLE_TO_PROCESS
+    outcome["status"] = code
+    log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+    log.debug("%s failure", what, exc_info=exc)
+    return status_dataset(code, f"{source} failed: {type(exc).__name__}")
 
 
 def _request(event, model: Model) -> Request:
@@ -266,7 +273,7 @@ def _matches(event, index: Index, request: Request, options: QueryOptions, outco
     """Pending responses read from the cursor; C-CANCEL and --max-results checked between rows."""
     limit = options.max_results
     for ds in answers(index, request):
-        _wait_for_the_network(event.assoc)
+        wait_for_the_network(event.assoc)
         if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
             outcome["status"] = CANCEL
             yield CANCEL, None
@@ -280,7 +287,7 @@ def _matches(event, index: Index, request: Request, options: QueryOptions, outco
     outcome["status"] = SUCCESS
 
 
-def _wait_for_the_network(assoc, queued: int = MAX_QUEUED_PDUS) -> None:
+def wait_for_the_network(assoc, queued: int = MAX_QUEUED_PDUS) -> None:
     """Hold the next row until the responses already queued have (nearly) gone out.
 
     pynetdicom queues every response without limit, and its DUL thread reads the socket only when it

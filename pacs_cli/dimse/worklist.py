@@ -25,7 +25,6 @@ COMPLETED, DISCONTINUED).
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
@@ -37,8 +36,9 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from pacs_cli.archive import matching
 from pacs_cli.dimse import status as statuses
-from pacs_cli.dimse.find import (CANCEL, OUT_OF_RESOURCES, PENDING, SUCCESS, TRANSFER_SYNTAXES, UNABLE_TO_PROCESS,
-                                 UTF8, _wait_for_the_network, status_dataset)
+from pacs_cli.dimse.find import (CANCEL, PENDING, SUCCESS, TRANSFER_SYNTAXES, UNABLE_TO_PROCESS, UTF8,
+                                 failure_response, wait_for_the_network)
+from pacs_cli.dimse.status import status_dataset
 from pacs_cli.dimse.identifiers import NUMBER_VRS, key_texts
 from pacs_cli.worklist.db import Match, WorklistDB
 
@@ -125,7 +125,7 @@ def handle_find(event, store: WorklistDB, events=None, audit=None):
         identifier = event.identifier
         item_keys, step_keys = request_keys(identifier)
         for match in store.find(item_keys, step_keys):
-            _wait_for_the_network(event.assoc)
+            wait_for_the_network(event.assoc)
             if event.is_cancelled:
                 outcome["status"] = CANCEL
                 yield CANCEL, None
@@ -139,11 +139,7 @@ def handle_find(event, store: WorklistDB, events=None, audit=None):
         log.warning("worklist C-FIND from %s refused: %s", calling, exc)
         yield status_dataset(UNABLE_TO_PROCESS, str(exc)), None
     except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
-        code = OUT_OF_RESOURCES if isinstance(exc, sqlite3.OperationalError) else UNABLE_TO_PROCESS
-        outcome["status"] = code
-        log.warning("worklist C-FIND from %s failed: %s: %s", calling, type(exc).__name__, exc)
-        log.debug("worklist C-FIND failure", exc_info=exc)
-        yield status_dataset(code, f"the worklist failed: {type(exc).__name__}"), None
+        yield failure_response(exc, outcome, f"worklist C-FIND from {calling}", "the worklist"), None
     finally:
         code = outcome["status"]
         words = "association ended" if code is None else statuses.describe(code, "worklist")
