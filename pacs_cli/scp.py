@@ -38,22 +38,20 @@ class StoreSettings:
     destinations: Mapping[str, retrieve.Destination] = field(default_factory=dict)  # C-MOVE, by AE title
 
 
-def configure_pynetdicom(staging_dir: Path, debug: bool) -> None:
-    """Receive C-STOREs straight into files in the archive's own filesystem, and keep quiet."""
+def configure_pynetdicom(staging_dir: Path) -> None:
+    """Receive C-STOREs straight into files in the archive's own filesystem."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(staging_dir)  # pynetdicom's chunked receive writes its temp file here
-    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
-    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = debug
 
 
 class StorageSCP:
     """storescp: Verification, Storage and (unless ``query`` is off) Q/R FIND, MOVE and GET on one port,
     in front of an :class:`Archive`."""
 
-    def __init__(self, listener: Listener, settings: StoreSettings, debug: bool = False):
+    def __init__(self, listener: Listener, settings: StoreSettings):
         self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
                                     on_duplicate=settings.on_duplicate, fsync=settings.fsync)
-        configure_pynetdicom(self.archive.staging_dir, debug)
+        configure_pynetdicom(self.archive.staging_dir)
         self.stats = Stats()
         self.events = EventLog(settings.events)
         self.runner = CommandRunner(settings.exec_on_store)

@@ -131,7 +131,7 @@ def movescu(state, connection, keys, keys_file, level, model, patient_root, stud
     chosen, identifier = make_identifier(retrieve.MOVE_MODELS, keys, keys_file, level, model, patient_root,
                                          study_root)
     outcome = retrieve.RetrieveOutcome("move")
-    receiving = _receiving(connection, store_port, out_dir, state.verbose >= 2) if store else contextlib.nullcontext()
+    receiving = _receiving(connection, store_port, out_dir) if store else contextlib.nullcontext()
     with receiving as scp, progress_callback("C-MOVE", state.quiet) as on_pending:
         retrieve.move(connection, identifier, chosen, destination, outcome, on_pending)
     stored = f"; {scp.stats.stored} stored in {scp.archive.root}" if store else ""
@@ -148,7 +148,7 @@ def given(ctx, *names) -> bool:
 
 
 @contextlib.contextmanager
-def _receiving(connection, port: int, out_dir: Path, debug: bool):
+def _receiving(connection, port: int, out_dir: Path):
     """A storage SCP as our -aet on ``port``, storing into ``out_dir``, for the ``with`` block."""
     from pacs_cli.dimse.store import Faults
     from pacs_cli.options import Listener
@@ -157,7 +157,7 @@ def _receiving(connection, port: int, out_dir: Path, debug: bool):
     listener = Listener("0.0.0.0", port, connection.calling_aet, connection.timeouts, connection.max_pdu,
                         max_associations=4)
     settings = StoreSettings(out_dir, None, "hierarchical", "replace", False, None, None, Faults(), query=False)
-    scp = StorageSCP(listener, settings, debug=debug)
+    scp = StorageSCP(listener, settings)
     try:
         scp.server.start()
         yield scp

@@ -74,7 +74,7 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
                              query=not no_query, max_results=max_results, audit_log=audit_log,
                              destinations={peer.ae_title: peer for peer in state.config.peers.values()},
                              worklist=worklist_dir)
-    scp = StorageSCP(listener, settings, debug=state.verbose >= 2)
+    scp = StorageSCP(listener, settings)
 
     serve(state, scp, "storescp", f"archive {scp.archive.root}", RunLimits(exit_after, idle_exit, ready_file),
           audit_log, scp.stats.summary)

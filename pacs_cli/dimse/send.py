@@ -980,15 +980,8 @@ def _configure_worker(level: int) -> None:
 
 
 def configure_pynetdicom() -> None:
-    """Send from files in pieces (notes/pynetdicom.md 2.3), keep pynetdicom's per-message logging off,
-    and let pydicom pass values through unjudged: a sender forwards what it was given, the peer decides."""
-    from pydicom import config
-
+    """Send from files in pieces (notes/pynetdicom.md 2.3); the rest is :func:`ae.configure_libraries`."""
     _config.STORE_SEND_CHUNKED_DATASET = True
-    config.settings.reading_validation_mode = config.IGNORE
-    config.settings.writing_validation_mode = config.IGNORE
-    debug = logging.getLogger("pacs_cli").getEffectiveLevel() <= logging.DEBUG
-    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
 
 
 # --- the whole run --------------------------------------------------------------------------------------

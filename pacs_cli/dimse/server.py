@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from pacs_cli.dimse import reactor
 from pacs_cli.dimse import tls as tls_contexts
 from pacs_cli.dimse.ae import make_ae, nodelay
 from pacs_cli.errors import PacsError
@@ -161,7 +161,7 @@ class PolicyACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class GuardedSocket(AssociationSocket):
+class GuardedSocket(reactor.PollReadySocket):
     """pynetdicom's acceptor socket with the limits a server facing the network needs.
 
     pynetdicom reads whatever PDU length the peer announces and waits forever for it. Here a
@@ -209,7 +209,7 @@ class GuardedSocket(AssociationSocket):
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1, the only DICOM application context
 
 
-class GuardedDUL(DULServiceProvider):
+class GuardedDUL(reactor.EventDrivenDUL):
     """pynetdicom's DUL, refusing an A-ASSOCIATE-RQ that pynetdicom would choke on.
 
     pynetdicom hangs on a presentation context without a transfer syntax and kills its reactor
@@ -268,7 +268,7 @@ class PolicyRequestHandler(RequestHandler):
         # pynetdicom builds its own socket object (and queues the connection event once);
         # we give that object our recv() rather than building a second one.
         assoc.dul.socket.__class__ = GuardedSocket
-        assoc.dul.__class__ = GuardedDUL
+        reactor.install(assoc, dul_class=GuardedDUL)
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
         assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
         return assoc
