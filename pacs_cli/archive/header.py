@@ -1,8 +1,13 @@
 """Read the few header attributes the index and the path layout need, never the pixel data.
 
+Every C-STORE and every file ``pacs index`` visits goes through here, so the common case is a scan of
+the file's first bytes (:func:`scan_header`): element headers walked with ``struct``, sequences
+skipped, plain ASCII values taken as they are; about a tenth of pydicom's cost, which builds a
+dataset to hand back three strings. Whatever the scan does not handle (big-endian, non-ASCII
+values, a header larger than the first read, a non-text VR) goes to pydicom:
 ``dcmread(stop_before_pixels=True, specific_tags=...)`` skips unwanted elements with a seek and stops
-at Pixel Data: about 1 ms for a 100 MB file where a full read takes 70+ ms (notes/pynetdicom.md §4.1).
-Both options are always combined; ``specific_tags`` alone still reads encapsulated pixel data.
+at Pixel Data (notes/pynetdicom.md §4.1). Both options are always combined; ``specific_tags`` alone
+still reads encapsulated pixel data. The two paths give the same strings (tests/test_header.py).
 
 Deflated files are inflated by us, with a cap, because pydicom inflates the whole stream in one
 ``zlib.decompress`` call: a few kilobytes can claim gigabytes (a deflate bomb, reliability.md E13).
@@ -12,23 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacs_cli.archive.schema import BY_KEYWORD, READ_KEYWORDS
 
 # Enough for any real header; Pixel Data follows it and is never needed.
 DEFLATED_HEADER_CAP = 16 * 1024 * 1024
+SCAN_BYTES = 64 * 1024  # what the fast scan reads; headers are a few KB
+MAX_NESTING = 32  # sequences in sequences; real objects stay under 10, a hostile one can claim thousands
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR describes files; it is not an instance
 
@@ -70,6 +78,15 @@ def read_header(path: Path | str, extra_keywords: tuple[str, ...] = ()) -> Heade
     (Study, Series, SOP Instance) must be present: without them the instance has no place in the index.
     """
     keywords = tuple(dict.fromkeys(READ_KEYWORDS + tuple(extra_keywords)))
+    values = scan_header(path, keywords)
+    header = Header(values) if values is not None else _read_with_pydicom(path, keywords)
+    missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not header[k]]
+    if missing:
+        raise BadHeader(f"no {', '.join(missing)} in the dataset")
+    return header
+
+
+def _read_with_pydicom(path: Path | str, keywords: tuple[str, ...]) -> Header:
     tags = [Tag(tag_for_keyword(k)) for k in keywords if tag_for_keyword(k) is not None]
     try:
         meta = read_file_meta_info(path)
@@ -85,11 +102,10 @@ def read_header(path: Path | str, extra_keywords: tuple[str, ...] = ()) -> Heade
         raise NotDicom("not a DICOM Part 10 file (no 128-byte preamble and DICM prefix)") from None
     except (HeaderError, OSError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure (ValueError, struct.error, RecursionError...)
+    except RecursionError:
+        raise BadHeader(f"sequences nested deeper than {MAX_NESTING} levels") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure (ValueError, struct.error, ...)
         raise BadHeader(f"cannot parse the header: {type(exc).__name__}: {exc}") from None
-    missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not header[k]]
-    if missing:
-        raise BadHeader(f"no {', '.join(missing)} in the dataset")
     return header
 
 
@@ -155,3 +171,165 @@ def quiet_pydicom():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+# --- the fast scan -------------------------------------------------------------------------------------
+
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+                      "UI", "UR", "UT"})
+LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                             b"UT", b"UV"})
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+META_KEYWORDS = {"TransferSyntaxUID": 0x00020010, "MediaStorageSOPClassUID": 0x00020002}
+_TAG_LENGTH = struct.Struct("<HHL")
+_TAG_VR_SHORT = struct.Struct("<HH2sH")
+
+
+class _Unscannable(Exception):
+    """The fast scan cannot decide this file; pydicom reads it instead."""
+
+
+def scan_header(path: Path | str, keywords: tuple[str, ...]) -> dict[str, str] | None:
+    """The values of ``keywords`` from the first SCAN_BYTES of a little-endian Part 10 file, or None
+    when pydicom must read it. Raises NotDicom for a DICOMDIR, BadHeader for nesting past MAX_NESTING."""
+    wanted = _wanted_tags(keywords)
+    if wanted is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read(SCAN_BYTES)
+    try:
+        return _scan(data, keywords, wanted, complete=len(data) < SCAN_BYTES)
+    except (_Unscannable, struct.error):
+        return None
+
+
+def _wanted_tags(keywords: tuple[str, ...]) -> dict[int, str] | None:
+    wanted = {}
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if keyword in META_KEYWORDS:
+            continue
+        if tag is None or dictionary_VR(tag) not in TEXT_VRS:
+            return None
+        wanted[tag] = keyword
+    return wanted
+
+
+def _scan(data: bytes, keywords, wanted: dict[int, str], complete: bool) -> dict[str, str]:
+    if data[128:132] != b"DICM":
+        raise _Unscannable
+    meta, pos = _scan_meta(data)
+    if meta.get(META_KEYWORDS["MediaStorageSOPClassUID"]) == MEDIA_STORAGE_DIRECTORY:
+        raise NotDicom("a DICOMDIR, not an instance")
+    syntax = meta.get(META_KEYWORDS["TransferSyntaxUID"], "")
+    if syntax in ("", ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
+        raise _Unscannable
+    found = _scan_dataset(data, pos, syntax != ImplicitVRLittleEndian, wanted, complete)
+    values = {keyword: "" for keyword in keywords}
+    for keyword, tag in META_KEYWORDS.items():
+        if keyword in values:
+            values[keyword] = meta.get(tag, "")
+    for tag, text in found.items():
+        values[wanted[tag]] = _index_text(text)
+    return values
+
+
+def _scan_meta(data: bytes) -> tuple[dict[int, str], int]:
+    """The File Meta group (always explicit VR little endian), and where the dataset starts."""
+    meta, pos = {}, 132
+    while pos + 8 <= len(data):
+        group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
+        if group != 0x0002:
+            return meta, pos
+        pos, length = _value_start(data, pos, vr, length, explicit=True)
+        if length == UNDEFINED:
+            raise _Unscannable
+        if vr == b"UI":
+            meta[group << 16 | element] = _text(data, pos, length).strip(" \x00")
+        pos += length
+    raise _Unscannable
+
+
+def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str], complete: bool) -> dict[int, str]:
+    """Top-level values of ``wanted`` tags, up to the last of them, Pixel Data, or the end of a file
+    read ``complete``."""
+    last = max(wanted)
+    found = {}
+    while pos < len(data) or not complete:
+        group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
+        tag = group << 16 | element
+        if tag > last or tag in PIXEL_TAGS:
+            return found
+        if not explicit:
+            vr, length = None, _TAG_LENGTH.unpack_from(data, pos)[2]
+        pos, length = _value_start(data, pos, vr, length, explicit)
+        if length == UNDEFINED:
+            pos = _skip_sequence(data, pos, explicit and vr != b"UN")
+            continue
+        if tag in wanted:
+            if explicit and vr.decode("ascii", "replace") not in TEXT_VRS:
+                raise _Unscannable
+            found[tag] = _text(data, pos, length)
+        pos += length
+    return found
+
+
+def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -> tuple[int, int]:
+    """Where the value of the element at ``pos`` starts, and its length."""
+    if not explicit:
+        return pos + 8, _TAG_LENGTH.unpack_from(data, pos)[2]
+    if not (vr.isalpha() and vr.isupper()):
+        raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
+    if vr in LONG_LENGTH_VRS:
+        return pos + 12, struct.unpack_from("<L", data, pos + 8)[0]
+    return pos + 8, short_length
+
+
+def _skip_sequence(data: bytes, pos: int, explicit: bool) -> int:
+    """Skip an undefined-length sequence starting at ``pos``; returns the position after its delimiter.
+
+    Iterative, with a depth cap: a hostile file nesting sequences thousands deep costs a bounded
+    walk and a clear refusal, not a RecursionError. The contents of an undefined-length UN element
+    are implicit VR (PS3.5 6.2.2).
+    """
+    stack = [("sequence", explicit)]
+    while stack:
+        if len(stack) > 2 * MAX_NESTING:
+            raise BadHeader(f"sequences nested deeper than {MAX_NESTING} levels")
+        kind, nested_explicit = stack[-1]
+        group, element, length = _TAG_LENGTH.unpack_from(data, pos)
+        tag = group << 16 | element
+        if kind == "sequence":
+            pos += 8
+            if tag == SEQUENCE_END:
+                stack.pop()
+            elif tag != ITEM:
+                raise _Unscannable
+            elif length == UNDEFINED:
+                stack.append(("item", nested_explicit))
+            else:
+                pos += length
+        elif tag == ITEM_END:
+            pos += 8
+            stack.pop()
+        else:
+            vr = data[pos + 4:pos + 6]
+            pos, length = _value_start(data, pos, vr, struct.unpack_from("<H", data, pos + 6)[0], nested_explicit)
+            if length == UNDEFINED:
+                stack.append(("sequence", nested_explicit and vr != b"UN"))
+            else:
+                pos += length
+    return pos
+
+
+def _text(data: bytes, pos: int, length: int) -> str:
+    value = data[pos:pos + length]
+    if len(value) != length or not value.isascii() or b"\x1b" in value:
+        raise _Unscannable  # truncated by the read, or a character set to decode (ISO 2022 escapes): pydicom's
+    return value.decode("ascii")
+
+
+def _index_text(text: str) -> str:
+    """As :func:`element_text` gives it from pydicom: each value stripped of its padding."""
+    return "\\".join(part.strip(" \x00") for part in text.split("\\"))
