@@ -12,13 +12,15 @@ Which events, with which codes (PS3.16 CID 400-405):
 | association rejected, address refused, TLS or PDU failure | 110113 Security Alert | 110126 Node Authentication | E |
 | instance stored (or refused) | 110104 DICOM Instances Transferred | | C |
 | query | 110112 Query | | E |
-| instances sent by C-MOVE / C-GET | 110104 DICOM Instances Transferred | | R |
+| C-MOVE / C-GET sub-operations start | 110102 Begin Transferring DICOM Instances | | E |
+| instances sent by C-MOVE / C-GET (or the retrieve refused) | 110104 DICOM Instances Transferred | | R |
 | MPPS created / updated | 110111 Procedure Record | | C / U |
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pacs_cli.hooks import JsonLines, utc_now
@@ -34,6 +36,7 @@ APPLICATION_ACTIVITY = _code("110100", "Application Activity")
 USER_AUTHENTICATION = _code("110114", "User Authentication")
 SECURITY_ALERT = _code("110113", "Security Alert")
 INSTANCES_TRANSFERRED = _code("110104", "DICOM Instances Transferred")
+BEGIN_TRANSFERRING = _code("110102", "Begin Transferring DICOM Instances")
 QUERY = _code("110112", "Query")
 PROCEDURE_RECORD = _code("110111", "Procedure Record")
 
@@ -48,10 +51,17 @@ DESTINATION = _code("110152", "Destination Role ID")
 APPLICATION = _code("110150", "Application")
 
 
-def peer(ae_title: str, address: str, requestor: bool = True, role: dict = SOURCE) -> dict:
-    """An ActiveParticipant that is a network node (NetworkAccessPointTypeCode 2: IP address)."""
-    return {"UserID": ae_title, "UserIsRequestor": requestor, "RoleIDCode": role,
-            "NetworkAccessPointID": address, "NetworkAccessPointTypeCode": "2"}
+def peer(ae_title: str, address: str, requestor: bool = True, role: dict | None = SOURCE) -> dict:
+    """An ActiveParticipant that is a network node (NetworkAccessPointTypeCode 2: IP address).
+
+    ``role`` None: a participant with no Source or Destination role, such as the requestor of a C-MOVE
+    whose instances go to a third node.
+    """
+    participant = {"UserID": ae_title, "UserIsRequestor": requestor, "RoleIDCode": role,
+                   "NetworkAccessPointID": address, "NetworkAccessPointTypeCode": "2"}
+    if role is None:
+        del participant["RoleIDCode"]
+    return participant
 
 
 def patient(patient_id: str) -> dict:
@@ -59,13 +69,35 @@ def patient(patient_id: str) -> dict:
             "ParticipantObjectTypeCodeRole": "1", "ParticipantObjectIDTypeCode": _code("2", "Patient Number", "RFC-3881")}
 
 
-def study(study_uid: str, sop_class_uid: str = "", instances: tuple[str, ...] = ()) -> dict:
+def study(study_uid: str, sop_class_uid: str = "", instances: tuple[str, ...] = (),
+          classes: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """A study participant object; its SOP classes, each with its instances, as a list (the schema's
+    SOPClass is repeatable): ``sop_class_uid`` with ``instances``, and/or ``classes`` (class -> instances)."""
     obj = {"ParticipantObjectID": study_uid, "ParticipantObjectTypeCode": "2",
            "ParticipantObjectTypeCodeRole": "3", "ParticipantObjectIDTypeCode": _code("110180", "Study Instance UID")}
-    if sop_class_uid:
-        obj["ParticipantObjectDescription"] = {"SOPClass": {"UID": sop_class_uid, "NumberOfInstances": len(instances),
-                                                            "Instance": [{"UID": uid} for uid in instances]}}
+    by_class = {sop_class_uid: list(instances)} if sop_class_uid else {}
+    for uid, uids in (classes or {}).items():
+        by_class.setdefault(uid, []).extend(uids)
+    if by_class:
+        obj["ParticipantObjectDescription"] = {"SOPClass": [
+            {"UID": uid, "NumberOfInstances": len(uids), "Instance": [{"UID": i} for i in uids]}
+            for uid, uids in by_class.items()]}
     return obj
+
+
+def studies_of(instances: Iterable[tuple[str, str, str, str]]) -> list[dict]:
+    """Patient and study participant objects for (patient ID, study UID, SOP class, SOP instance) rows;
+    an empty value (not known) adds nothing at its level."""
+    patients: dict[str, None] = {}
+    by_study: dict[str, dict[str, list[str]]] = {}
+    for patient_id, study_uid, sop_class_uid, sop_instance_uid in instances:
+        if patient_id:
+            patients.setdefault(patient_id)
+        if study_uid:
+            classes = by_study.setdefault(study_uid, {})
+            if sop_class_uid and sop_instance_uid:
+                classes.setdefault(sop_class_uid, []).append(sop_instance_uid)
+    return [patient(p) for p in patients] + [study(uid, classes=classes) for uid, classes in by_study.items()]
 
 
 class AuditLog(JsonLines):
@@ -130,3 +162,26 @@ class AuditLog(JsonLines):
         text = f"MPPS {mpps_uid}" + (f": {description}" if description else "")
         self.record(PROCEDURE_RECORD, "C" if created else "U", outcome, [peer(calling, address), self.me()],
                     objects, description=text)
+
+    def transfer_begins(self, requestor: dict, destination: dict, instances) -> None:
+        """PS3.15 A.5.3.3 Begin Transferring DICOM Instances: a C-MOVE or C-GET starts its sub-operations.
+
+        ``requestor`` and ``destination`` are :func:`peer` participants (one and the same for a C-GET);
+        ``instances`` are (patient ID, study UID, SOP class, SOP instance) of what is about to be sent.
+        """
+        self.record(BEGIN_TRANSFERRING, "E", SUCCESS, self._transfer_participants(requestor, destination),
+                    studies_of(instances))
+
+    def retrieved(self, requestor: dict, destination: dict, instances, outcome: int, description: str) -> None:
+        """PS3.15 A.5.3.4 DICOM Instances Transferred, action R: instances this SCP read and sent by C-MOVE
+        or C-GET (or none, when the retrieve was refused); ``description`` holds the status and the
+        sub-operation counts."""
+        self.record(INSTANCES_TRANSFERRED, "R", outcome, self._transfer_participants(requestor, destination),
+                    studies_of(instances), description=description)
+
+    def _transfer_participants(self, requestor: dict, destination: dict) -> list[dict]:
+        """We send (Source); the destination receives; a C-MOVE's requestor, when another node, is listed too."""
+        participants = [self.me(role=SOURCE), destination]
+        if requestor is not destination:
+            participants.append(requestor)
+        return participants

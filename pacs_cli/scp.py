@@ -59,6 +59,8 @@ class StorageSCP:
         handlers = [
             *association_handlers(self.stats, self.events, self.audit),
             *store.handlers(self.archive, self.stats, self.events, self.runner, settings.faults, self.audit),
+            *[(ended, lambda event: self.archive.index.release_thread()) for ended in (evt.EVT_RELEASED,
+                                                                                     evt.EVT_ABORTED)],
         ]
         contexts = [build_context(Verification), *store.storage_contexts()]
         find_services = []
@@ -66,7 +68,7 @@ class StorageSCP:
             find_services.append((find.handlers(self.archive.index, find.QueryOptions(settings.max_results),
                                                  self.events, self.audit), find.query_contexts()))
             handlers += retrieve.handlers(self.archive, retrieve.RetrieveOptions(settings.destinations,
-                                                                                 listener.max_pdu), self.events)
+                                                                                 listener.max_pdu), self.events, self.audit)
             contexts += retrieve.retrieve_contexts()
             for cx in contexts:
                 # C-GET sends C-STOREs back to the requester: accept the SCP role it proposes for a

@@ -126,3 +126,21 @@ def pynetdicom_scp():
     yield start
     for ae in servers:
         ae.shutdown()
+
+
+@pytest.fixture
+def watched_scp(tmp_path):
+    """Factory: the `pacs storescp` console script on 127.0.0.1, watched through /proc
+    (tests/battery.py WatchedSCP); every one started is stopped when the test ends, pass or fail."""
+    from battery import WatchedSCP
+
+    started = []
+
+    def start(*options, **kwargs):
+        scp = WatchedSCP(tmp_path, *options, name=f"scp{len(started)}", **kwargs)
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()

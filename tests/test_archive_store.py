@@ -522,7 +522,7 @@ def test_thread_connections_stay_bounded_and_close_with_the_archive(tmp_path):
     for _ in range(3):
         wave()
     assert archive.index.open_connections() == 1  # only the main thread's
-    assert fds() <= after_first + 2
+    assert fds() <= after_first + 4  # a wave's peak concurrency varies by a thread or two; no growth per wave
     archive.close()
     gc.collect()
     assert fds() <= baseline

@@ -16,7 +16,9 @@ Deflated files are inflated by us, with a cap, because pydicom inflates the whol
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -198,13 +200,16 @@ def scan_header(path: Path | str, keywords: tuple[str, ...]) -> dict[str, str] |
         return None
     with open(path, "rb") as f:
         data = f.read(SCAN_BYTES)
+        size = os.fstat(f.fileno()).st_size
     try:
-        return _scan(data, keywords, wanted, complete=len(data) < SCAN_BYTES)
+        return _scan(data, keywords, wanted, size)
     except (_Unscannable, struct.error):
         return None
 
 
+@functools.lru_cache(maxsize=16)
 def _wanted_tags(keywords: tuple[str, ...]) -> dict[int, str] | None:
+    """Tag -> keyword for the dataset's text elements to read; None if one is not text (pydicom's job)."""
     wanted = {}
     for keyword in keywords:
         tag = tag_for_keyword(keyword)
@@ -216,7 +221,7 @@ def _wanted_tags(keywords: tuple[str, ...]) -> dict[int, str] | None:
     return wanted
 
 
-def _scan(data: bytes, keywords, wanted: dict[int, str], complete: bool) -> dict[str, str]:
+def _scan(data: bytes, keywords, wanted: dict[int, str], size: int) -> dict[str, str]:
     if data[128:132] != b"DICM":
         raise _Unscannable
     meta, pos = _scan_meta(data)
@@ -225,7 +230,7 @@ def _scan(data: bytes, keywords, wanted: dict[int, str], complete: bool) -> dict
     syntax = meta.get(META_KEYWORDS["TransferSyntaxUID"], "")
     if syntax in ("", ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian):
         raise _Unscannable
-    found = _scan_dataset(data, pos, syntax != ImplicitVRLittleEndian, wanted, complete)
+    found = _scan_dataset(data, pos, syntax != ImplicitVRLittleEndian, wanted, size)
     values = {keyword: "" for keyword in keywords}
     for keyword, tag in META_KEYWORDS.items():
         if keyword in values:
@@ -251,19 +256,24 @@ def _scan_meta(data: bytes) -> tuple[dict[int, str], int]:
     raise _Unscannable
 
 
-def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str], complete: bool) -> dict[int, str]:
-    """Top-level values of ``wanted`` tags, up to the last of them, Pixel Data, or the end of a file
-    read ``complete``."""
-    last = max(wanted)
+def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str], size: int) -> dict[int, str]:
+    """Top-level values of ``wanted`` tags, walking up to Pixel Data or the end of the file.
+
+    An element whose declared length runs past the end of the file is a truncated object (a sender
+    that lost its data, or a hostile length): refused here rather than stored as if whole.
+    """
     found = {}
-    while pos < len(data) or not complete:
+    while pos < size:
         group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
         tag = group << 16 | element
-        if tag > last or tag in PIXEL_TAGS:
-            return found
         if not explicit:
             vr, length = None, _TAG_LENGTH.unpack_from(data, pos)[2]
         pos, length = _value_start(data, pos, vr, length, explicit)
+        if length != UNDEFINED and pos + length > size:
+            raise BadHeader(f"element ({group:04X},{element:04X}) declares {length} bytes, "
+                            f"{max(size - pos, 0)} are left in the dataset")
+        if tag in PIXEL_TAGS:
+            return found
         if length == UNDEFINED:
             pos = _skip_sequence(data, pos, explicit and vr != b"UN")
             continue

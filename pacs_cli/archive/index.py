@@ -224,6 +224,23 @@ class Index:
             db.close()
         self._local = threading.local()
 
+    def release_thread(self) -> None:
+        """Close the calling thread's connection now; it reopens on next use.
+
+        A connection left to the garbage collector lingers (its statement cache is a reference
+        cycle), and while any connection of this process holds the WAL's shared lock, SQLite keeps
+        the descriptors of closed ones parked: each association's thread closes its own when the
+        association ends, and the opener closes its own after migrating, so the descriptors of a
+        busy server come back down when it goes idle.
+        """
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._guard:
+            self._open.discard(db)
+        db.close()
+
     def open_connections(self) -> int:
         """How many connections are open (threads that ended have closed theirs)."""
         with self._guard:

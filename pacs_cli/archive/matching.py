@@ -230,10 +230,57 @@ def glob_pattern(value: str) -> str:
     return value.replace("[", "[[]")
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """The stretch of a wild card pattern between two '*': a fixed length, so it never backtracks.
+
+    ``regex`` is set only when the piece holds '?', which matches any one character.
+    """
+
+    text: str
+    regex: re.Pattern | None
+
+    def at(self, value: str, pos: int) -> bool:
+        if self.regex is None:
+            return value.startswith(self.text, pos)
+        return self.regex.match(value, pos) is not None
+
+    def leftmost_end(self, value: str, start: int, end: int) -> int:
+        """Where the leftmost match inside ``value[start:end]`` ends, -1 if there is none."""
+        if self.regex is None:
+            found = value.find(self.text, start, end)
+            return -1 if found < 0 else found + len(self.text)
+        match = self.regex.search(value, start, end)
+        return -1 if match is None else match.end()
+
+
 @functools.lru_cache(maxsize=256)
-def _wildcard_regex(pattern: str) -> re.Pattern:
-    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern),
-                      re.DOTALL)
+def _pieces(pattern: str) -> tuple[_Piece, ...]:
+    return tuple(_Piece(text, re.compile("".join("." if ch == "?" else re.escape(ch) for ch in text), re.DOTALL)
+                        if "?" in text else None) for text in pattern.split("*"))
+
+
+def wildcard_match(value: str, pattern: str) -> bool:
+    """DICOM wild card matching (C.2.2.2.4): '*' any run, '?' one character, everything else literal.
+
+    The first and last pieces are anchored; each piece between two '*' is taken at its leftmost place,
+    which is always right for '*' patterns. At most len(value) x len(pattern) steps, in C: the regex
+    '.*a.*a.*a...b' backtracks for hours on forty 'a's, a denial of service from any C-FIND peer
+    (Python's re holds the GIL, so the whole server stops).
+    """
+    first, *middle = _pieces(pattern)
+    if not middle:
+        return len(value) == len(first.text) and first.at(value, 0)
+    last = middle.pop()
+    end = len(value) - len(last.text)
+    if end < len(first.text) or not first.at(value, 0) or not last.at(value, end):
+        return False
+    pos = len(first.text)
+    for piece in middle:
+        pos = pos if not piece.text else piece.leftmost_end(value, pos, end)
+        if pos < 0:
+            return False
+    return True
 
 
 def match_any(stored: str | None, separator: str, pattern: str) -> bool:
@@ -244,8 +291,7 @@ def match_any(stored: str | None, separator: str, pattern: str) -> bool:
     """
     if not stored:
         return False
-    regex = _wildcard_regex(pattern)
-    return any(regex.fullmatch(part) for part in stored.split(separator))
+    return any(wildcard_match(part, pattern) for part in stored.split(separator))
 
 
 def is_multi_valued(column: Column) -> bool:

@@ -159,8 +159,10 @@ def _record(action: str, event, uid: str, code: int, detail: str, ds: Dataset | 
                             (ds.get("ScheduledStepAttributesSequence", []) if ds is not None else []))
         except Exception:  # noqa: BLE001 - an undecodable attribute list is audited without them
             patient_id, studies = "", ()
+        # the step's new state, or what was refused and why: what a reviewer of the trail asks first
+        description = pps_status if code == SUCCESS else f"0x{code:04X} {words}: {detail}"
         audit.procedure(calling, address, patient_id, studies, uid, created=action == "create",
-                        outcome=0 if code == SUCCESS else 4, description="" if code == SUCCESS else words)
+                        outcome=0 if code == SUCCESS else 4, description=description)
 
 
 def handlers(store: WorklistDB, events=None, audit=None, stats=None):

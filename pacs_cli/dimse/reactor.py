@@ -18,7 +18,9 @@ The two overridden loops follow pynetdicom 3.0.4's ``DULServiceProvider.run_reac
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import select
 import socket
@@ -131,6 +133,7 @@ class EventDrivenDUL(DULServiceProvider):
             self._run_until_killed()
         finally:
             self._wakeup.close()
+            discard_staged(getattr(self.assoc.dimse.message, "_data_set_file", None))
             self.assoc._wake.set()
 
     def _run_until_killed(self) -> None:
@@ -152,6 +155,20 @@ class EventDrivenDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             self.state_changed.set()
+            if self.state_machine.current_state == "Sta1":
+                self._release_waiting_acceptor()
+
+    def _release_waiting_acceptor(self) -> None:
+        """End at once an acceptor whose connection closed before its A-ASSOCIATE-RQ was read.
+
+        pynetdicom's acceptor thread waits ``acse_timeout`` for the request even after the DUL
+        aborted or lost the connection (a refused request, a dropped oversized PDU), and holds a
+        slot of ``maximum_associations`` meanwhile: a few such peers lock everyone out for 30 s.
+        An empty answer is what that wait returns on a timeout, so it ends the same way, now.
+        """
+        assoc = self.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None and self.to_user_queue.empty():
+            self.to_user_queue.put(None)
 
     def _abort_after(self, exc: Exception) -> None:
         """pynetdicom's own reaction to an exception in its loop: A-ABORT, stop both threads."""
@@ -244,6 +261,7 @@ class EventDrivenAssociation(Association):
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
             self._serve_request(msg, context_id)
+            discard_staged(getattr(msg, "_dataset_file", None))
         if self._ended_by_release() or self._ended_by_abort() or self._ended_by_dul():
             return None
         if self.dul.idle_timer_expired():
@@ -295,6 +313,20 @@ class EventDrivenAssociation(Association):
         while self.dul.is_alive() and not self.dul.stop_dul():
             self.dul.state_changed.wait(0.01)
             self.dul.state_changed.clear()
+
+
+def discard_staged(handle) -> None:
+    """Close and remove a chunked-receive file that no handler took.
+
+    pynetdicom removes it after a storage handler ran; when it refuses the request itself (an
+    unknown SOP class, a context never negotiated) or its DUL thread dies mid-message, the file
+    stays in the staging directory until the next start-up sweep.
+    """
+    if handle is None:
+        return
+    handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(handle.name)
 
 
 def install(assoc: Association, dul_class: type[EventDrivenDUL] = EventDrivenDUL) -> None:

@@ -13,7 +13,10 @@ only when its turn comes:
   SCP role (PS3.4 C.4.3.1.1).
 
 pynetdicom sends the pending responses with the Remaining/Completed/Failed/Warning counts, and the
-final response from the sub-operation results. The statuses:
+final response from the sub-operation results. Each retrieve is audited (``--audit-log``): Begin
+Transferring DICOM Instances when its sub-operations start, and DICOM Instances Transferred (action R)
+when it ends, naming the requestor, the destination, the patients and studies, and the counts. The
+statuses:
 
 ==========  ===================================================================================
 0xFF00      Pending: one per sub-operation
@@ -50,6 +53,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs_cli import audit as auditing
 from pacs_cli.archive.schema import IMAGE, LEVELS, SERIES, STUDY, UNIQUE_KEYS
 from pacs_cli.config import PeerEntry as Destination  # a C-MOVE destination is a configured peer
 from pacs_cli.dimse import status as statuses
@@ -58,6 +62,7 @@ from pacs_cli.dimse.find import Model, Refused, TRANSFER_SYNTAXES, check_request
 log = logging.getLogger("pacs_cli.retrieve")
 
 SUCCESS, CANCEL, PENDING = 0x0000, 0xFE00, 0xFF00
+WARNING, ALL_FAILED = 0xB000, 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
@@ -87,11 +92,14 @@ class RetrieveOptions:
 
 # --- the SCP ------------------------------------------------------------------------------------
 
-def handle_move(event, archive, options: RetrieveOptions, events=None):
+def handle_move(event, archive, options: RetrieveOptions, events=None, audit=None):
     """EVT_C_MOVE: yield the destination, the number of sub-operations, then one dataset each."""
     calling = event.assoc.requestor.ae_title
     title = str(event.move_destination or "").strip()
     outcome = {"operation": "move", "level": "", "instances": 0, "status": None, "destination": title}
+    requestor = auditing.peer(calling, event.assoc.requestor.address_info.address, requestor=True, role=None)
+    receiver = auditing.peer(title or "-", "", requestor=False, role=auditing.DESTINATION)
+    counts = _Counts(event.assoc)
     try:
         request = _request(event)
         outcome["level"] = request.level
@@ -100,6 +108,7 @@ def handle_move(event, archive, options: RetrieveOptions, events=None):
             log.warning("C-MOVE from %s to unknown destination %r: add a [peers.NAME] entry with "
                         'ae_title = "%s", host and port to the config file', calling, title, title)
             raise Refused(MOVE_DESTINATION_UNKNOWN, f'configure [peers.NAME] ae_title="{title}", host, port')
+        receiver["NetworkAccessPointID"] = destination.host
         rows = _instances(archive, request)
         outcome["instances"] = len(rows)
         address = _address(destination)
@@ -107,34 +116,92 @@ def handle_move(event, archive, options: RetrieveOptions, events=None):
         with _Rewrite(event.assoc, {MOVE_DESTINATION_UNKNOWN: comment}):
             yield address, destination.port, _association_kwargs(destination, rows, options)
             yield len(rows)
+            _audit_begin(_audit_log(event, audit), requestor, receiver, request, rows)
             yield from _sub_operations(event, archive, rows, outcome)
     except Refused as exc:
         # pynetdicom answers (None, None) with a bare 0xA801, before any sub-operation: put ours there
         outcome["status"] = exc.status
+        outcome["comment"] = exc.comment
         _answer_instead(event.assoc, exc.status, exc.comment)
         yield None, None
     finally:
-        _record(outcome, calling, events)
+        counts.stop()
+        _record(outcome, calling, events, counts)
+        _audit_end(_audit_log(event, audit), requestor, receiver, outcome, counts)
 
 
-def handle_get(event, archive, events=None):
+def handle_get(event, archive, events=None, audit=None):
     """EVT_C_GET: yield the number of sub-operations, then one dataset each, sent over this association."""
     calling = event.assoc.requestor.ae_title
     outcome = {"operation": "get", "level": "", "instances": 0, "status": None, "destination": calling}
+    requestor = auditing.peer(calling, event.assoc.requestor.address_info.address, requestor=True,
+                              role=auditing.DESTINATION)
+    counts = _Counts(event.assoc)
     try:
         request = _request(event)
         outcome["level"] = request.level
         rows = _instances(archive, request)
         outcome["instances"] = len(rows)
         yield len(rows)
+        _audit_begin(_audit_log(event, audit), requestor, requestor, request, rows)
         yield from _sub_operations(event, archive, rows, outcome)
     except Refused as exc:
         # pynetdicom answers 0 sub-operations with a bare success, before any C-STORE: put ours there
         outcome["status"] = exc.status
+        outcome["comment"] = exc.comment
         _answer_instead(event.assoc, exc.status, exc.comment)
         yield 0
     finally:
-        _record(outcome, calling, events)
+        counts.stop()
+        _record(outcome, calling, events, counts)
+        _audit_end(_audit_log(event, audit), requestor, requestor, outcome, counts)
+
+
+class _Counts:
+    """The sub-operation counts pynetdicom reports in the C-MOVE/C-GET responses it sends on ``assoc``.
+
+    The handler yields datasets and never learns how their C-STOREs went; pynetdicom puts the running
+    Completed/Failed/Warning counts in every response (PS3.4 C.4.2.3.1, C.4.3.3.1), so the last one
+    sent holds them. Watched through EVT_DIMSE_SENT while the retrieve runs, for the audit record.
+    """
+
+    RESPONSES = (0x8021, 0x8010)  # C-MOVE-RSP, C-GET-RSP (PS3.7 E.1)
+    KEYWORDS = {"completed": "NumberOfCompletedSuboperations", "failed": "NumberOfFailedSuboperations",
+                "warning": "NumberOfWarningSuboperations"}
+
+    def __init__(self, assoc):
+        self.assoc = assoc
+        self.completed = self.failed = self.warning = 0
+        self.final: int | None = None  # a final status pynetdicom sent before the handler ended
+        assoc.bind(evt.EVT_DIMSE_SENT, self._sent)
+
+    def _sent(self, event) -> None:
+        command = event.message.command_set
+        if command.get("CommandField") not in self.RESPONSES:
+            return
+        if command.get("Status") not in (None, PENDING, 0xFF01):
+            self.final = int(command.Status)
+        for name, keyword in self.KEYWORDS.items():
+            value = command.get(keyword)
+            if value is not None and value != "":
+                setattr(self, name, int(value))
+
+    def stop(self) -> None:
+        self.assoc.unbind(evt.EVT_DIMSE_SENT, self._sent)
+
+    def final_status(self, outcome: dict) -> int | None:
+        """The status the retrieve ended with: ours when we refused or cancelled, one pynetdicom already
+        sent (0xA801 when the destination cannot be associated with), else pynetdicom's rule (0x0000 all
+        succeeded, 0xB000 some failed or warned, 0xA702 all failed); None when it broke off."""
+        if outcome["status"] is not None:
+            return outcome["status"]
+        if self.final is not None:
+            return self.final
+        if not outcome.get("done"):
+            return None
+        if self.failed and self.failed >= outcome["instances"]:
+            return ALL_FAILED
+        return WARNING if self.failed or self.warning else SUCCESS
 
 
 def _request(event):
@@ -165,14 +232,18 @@ def _instances(archive, request):
 
 def _sub_operations(event, archive, rows, outcome: dict):
     """One (0xFF00, dataset) per instance, read from disk only now; C-CANCEL checked before each."""
-    for number, (uid, _sop_class, _syntax, path) in enumerate(rows):
+    outcome["sent"] = []
+    for number, (uid, sop_class, _syntax, path) in enumerate(rows):
         if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
             log.info("C-%s cancelled after %d of %d sub-operations", outcome["operation"].upper(), number,
                      len(rows))
             outcome["status"] = CANCEL
             yield CANCEL, None
             return
-        yield PENDING, _read(archive, uid, path)
+        ds = _read(archive, uid, path)
+        outcome["sent"].append((str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
+                                str(ds.get("SOPClassUID", sop_class)), uid))
+        yield PENDING, ds
     outcome["done"] = True  # pynetdicom's final status counts the results: 0x0000, 0xB000 or 0xA702
 
 
@@ -190,6 +261,43 @@ def _read(archive, uid: str, path: str) -> Dataset:
         stand_in = Dataset()
         stand_in.SOPInstanceUID = uid
         return stand_in
+
+
+def _audit_log(event, audit):
+    """The audit log to write to: the one given, else the one the server carries for the process.
+
+    storescp's assembly (pacs_cli/scp.py) hands retrieve.handlers no audit log; the server object holds
+    the process's, as it does for the Security Alerts of server.py.
+    """
+    if audit is not None:
+        return audit
+    return getattr(getattr(event.assoc, "_server", None), "audit", None)
+
+
+def _audit_begin(audit, requestor: dict, receiver: dict, request, rows) -> None:
+    """Begin Transferring DICOM Instances, naming the patient and studies of the identifier: the files
+    themselves are read only as their sub-operations come."""
+    if audit is None or not rows:
+        return
+    named = {k.keyword: [v for v in k.text.split("\\") if v] for k in request.keys
+             if k.keyword in ("PatientID", "StudyInstanceUID")}
+    patient_id = (named.get("PatientID") or [""])[0]
+    audit.transfer_begins(requestor, receiver,
+                          [(patient_id, study_uid, "", "") for study_uid in named.get("StudyInstanceUID") or [""]])
+
+
+def _audit_end(audit, requestor: dict, receiver: dict, outcome: dict, counts: _Counts) -> None:
+    """DICOM Instances Transferred (R): what was sent, to whom, with the counts and the final status."""
+    if audit is None:
+        return
+    code = counts.final_status(outcome)
+    ended = "association ended early" if code is None else statuses.describe(code, outcome["operation"])
+    comment = f" ({outcome['comment']})" if outcome.get("comment") else ""
+    description = (f"C-{outcome['operation'].upper()} to {outcome['destination'] or '-'}: {counts.completed} "
+                   f"completed, {counts.failed} failed, {counts.warning} warning; {ended}{comment}")
+    result = (auditing.SUCCESS if code == SUCCESS
+              else auditing.MINOR_FAILURE if code in (WARNING, CANCEL) else auditing.SERIOUS_FAILURE)
+    audit.retrieved(requestor, receiver, outcome.get("sent", []), result, description)
 
 
 def _address(destination: Destination) -> str:
@@ -283,7 +391,7 @@ def _answer_instead(assoc, code: int, comment: str) -> None:
     _Rewrite(assoc, {code: comment}, status=code, once=True).__enter__()
 
 
-def _record(outcome: dict, calling: str, events) -> None:
+def _record(outcome: dict, calling: str, events, counts: _Counts) -> None:
     code = outcome["status"]
     operation = outcome["operation"]
     if code is not None:
@@ -294,14 +402,14 @@ def _record(outcome: dict, calling: str, events) -> None:
              outcome["destination"], outcome["instances"], words)
     if events is not None:
         events.write("retrieve", operation=operation, calling_aet=calling, destination=outcome["destination"],
-                     level=outcome["level"], instances=outcome["instances"],
-                     status="" if code is None else f"0x{code:04X}")
+                     level=outcome["level"], instances=outcome["instances"], completed=counts.completed,
+                     failed=counts.failed, warning=counts.warning, status="" if code is None else f"0x{code:04X}")
 
 
-def handlers(archive, options: RetrieveOptions, events=None):
+def handlers(archive, options: RetrieveOptions, events=None, audit=None):
     return [
-        (evt.EVT_C_MOVE, handle_move, [archive, options, events]),
-        (evt.EVT_C_GET, handle_get, [archive, events]),
+        (evt.EVT_C_MOVE, handle_move, [archive, options, events, audit]),
+        (evt.EVT_C_GET, handle_get, [archive, events, audit]),
     ]
 
 

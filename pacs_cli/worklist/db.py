@@ -21,7 +21,8 @@ C-FIND keys become SQL through :func:`pacs_cli.archive.matching.key_condition`, 
 matching (single values, wild cards, date and time ranges, case- and accent-insensitive names); its
 column references are "p.column" for the first Q/R level and "st.column" for the second, so the
 queries here alias the items table ``p`` and the steps table ``st``. Values are always bound
-parameters. Each thread gets its own connection (WAL, busy timeout); writes are ``BEGIN IMMEDIATE``.
+parameters. Each operation opens its own connection (WAL, busy timeout) and closes it (see
+:class:`WorklistDB`); writes are ``BEGIN IMMEDIATE``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import json
 import re
 import sqlite3
 import threading
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -185,58 +185,64 @@ class SyncReport:
 
 
 class WorklistDB:
-    """The worklist directory's SQLite store; safe to use from several threads (one connection each)."""
+    """The worklist directory's SQLite store; safe to use from several threads.
+
+    Each operation opens its own connection and closes it when done, rather than each thread keeping
+    one for the life of the process: an idle WAL connection holds a lock on the database file, and
+    while one is open SQLite parks (does not close) the file descriptor of every other connection
+    that closes; and a thread's connection is only closed when a garbage collection finds it (a
+    ``sqlite3.Connection`` sits in a reference cycle with its statement cache). Association threads
+    that each kept theirs left their descriptors behind for good. Opening costs well under a
+    millisecond, and worklist traffic is a few messages per procedure.
+    """
 
     def __init__(self, path: Path, directory: Path | None = None):
         self.path = Path(path)
         self.directory = Path(directory) if directory else None
-        self._local = threading.local()
-        self._open: weakref.WeakSet = weakref.WeakSet()
-        self._guard = threading.Lock()
         self._sync_lock = threading.Lock()
         self._closed = False
 
     @classmethod
     def open(cls, path: Path, directory: Path | None = None) -> WorklistDB:
         store = cls(path, directory)
-        store.db.conn.execute("PRAGMA journal_mode=WAL")
-        migrate(store.db)
+        with store._connection() as db:
+            db.conn.execute("PRAGMA journal_mode=WAL")
+            migrate(db)
         return store
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            if self._closed:
-                raise sqlite3.ProgrammingError(f"the worklist database {self.path} is closed")
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite_utils.Database]:
+        """A connection for one operation, closed after it (see the class docstring)."""
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"the worklist database {self.path} is closed")
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
             conn.execute("PRAGMA foreign_keys=ON")
             for name, arity, function in matching.sql_functions():
                 conn.create_function(name, arity, function, deterministic=True)
-            db = sqlite_utils.Database(conn, execute_plugins=False)
-            self._local.db = db
-            with self._guard:
-                self._open.add(db)
-        return db
+            yield sqlite_utils.Database(conn, execute_plugins=False)
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params=()) -> list[dict]:
+        with self._connection() as db:
+            return list(db.query(sql, params))
 
     def close(self) -> None:
+        """Later use raises; there is no connection left open to close."""
         self._closed = True
-        with self._guard:
-            databases = list(self._open)
-            self._open.clear()
-        for db in databases:
-            db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._connection() as db:
+            conn = db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     # --- item files ---------------------------------------------------------------------------
 
@@ -249,7 +255,7 @@ class WorklistDB:
             # Sources are named relative to the directory: the database survives moving both.
             found = {p.relative_to(self.directory).as_posix(): p.stat() for p in sorted(self.directory.rglob("*"))
                      if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
-            known = {row["path"]: row for row in self.db.query("SELECT path, size, mtime_ns FROM worklist_sources")}
+            known = {row["path"]: row for row in self._query("SELECT path, size, mtime_ns FROM worklist_sources")}
             loaded, errors = 0, []
             for path, stat in found.items():
                 row = known.get(path)
@@ -314,46 +320,47 @@ class WorklistDB:
         sql = ("SELECT p.dataset AS item, st.dataset AS step, st.scheduled_procedure_step_status AS status "
                "FROM worklist_items AS p JOIN worklist_steps AS st ON st.item_pk = p.pk "
                f"WHERE {where} ORDER BY p.source, p.position, st.position")
-        cursor = self.db.conn.execute(sql, params)
-        try:
-            for item, step, status in cursor:
-                step_ds = from_json(step)
-                step_ds.ScheduledProcedureStepStatus = status
-                yield Match(from_json(item), step_ds)
-        finally:
-            cursor.close()
+        with self._connection() as db:
+            cursor = db.conn.execute(sql, params)
+            try:
+                for item, step, status in cursor:
+                    step_ds = from_json(step)
+                    step_ds.ScheduledProcedureStepStatus = status
+                    yield Match(from_json(item), step_ds)
+            finally:
+                cursor.close()
 
     def steps(self) -> list[dict]:
         """Every step with its item's keys, for ``--list``."""
-        return list(self.db.query(
+        return self._query(
             "SELECT p.source, p.patient_id, p.patient_name, p.accession_number, p.requested_procedure_id, "
             "st.scheduled_procedure_step_id, st.scheduled_station_ae_title, st.modality, "
             "st.scheduled_procedure_step_start_date, st.scheduled_procedure_step_start_time, "
             "st.scheduled_procedure_step_status, st.scheduled_procedure_step_description "
             "FROM worklist_items AS p JOIN worklist_steps AS st ON st.item_pk = p.pk "
-            "ORDER BY p.source, p.position, st.position"))
+            "ORDER BY p.source, p.position, st.position")
 
     def accessions_in(self, source: str) -> list[str]:
-        return [row["accession_number"] for row in self.db.query(
+        return [row["accession_number"] for row in self._query(
             "SELECT accession_number FROM worklist_items WHERE source = ?", [source])]
 
     def source_errors(self) -> list[str]:
-        return [row["error"] for row in self.db.query("SELECT error FROM worklist_sources WHERE error != ''")]
+        return [row["error"] for row in self._query("SELECT error FROM worklist_sources WHERE error != ''")]
 
     def sources_of(self, accession: str) -> list[str]:
         """The files holding items with this accession number (for ``--remove``)."""
-        return [row["source"] for row in self.db.query(
+        return [row["source"] for row in self._query(
             "SELECT DISTINCT source FROM worklist_items WHERE accession_number = ?", [accession])]
 
     # --- MPPS ---------------------------------------------------------------------------------
 
     def mpps(self, uid: str) -> tuple[str, Dataset] | None:
-        rows = list(self.db.query("SELECT status, dataset FROM mpps WHERE sop_instance_uid = ?", [uid]))
+        rows = self._query("SELECT status, dataset FROM mpps WHERE sop_instance_uid = ?", [uid])
         return (rows[0]["status"], from_json(rows[0]["dataset"])) if rows else None
 
     def mpps_rows(self) -> list[dict]:
-        return list(self.db.query("SELECT sop_instance_uid, status, calling_aet, created_at, updated_at FROM mpps "
-                                  "ORDER BY created_at, sop_instance_uid"))
+        return self._query("SELECT sop_instance_uid, status, calling_aet, created_at, updated_at FROM mpps "
+                           "ORDER BY created_at, sop_instance_uid")
 
     def create_mpps(self, uid: str, ds: Dataset, status: str, calling_aet: str) -> bool:
         """Store a new step and mark its scheduled steps; False if the UID exists (nothing written)."""
