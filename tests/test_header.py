@@ -111,6 +111,28 @@ def test_deep_nesting_is_refused_with_a_reason(tmp_path):
         read_header(nested_file(tmp_path, 10_000))
 
 
+def defined_length_nest(depth: int) -> bytes:
+    """``depth`` sequences, each of one item holding the next, every length given."""
+    inner = b""
+    for _ in range(depth):
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, len(inner)) + inner
+        inner = struct.pack("<HH2sHL", 0x0008, 0x1140, b"SQ", 0, len(item)) + item
+    return inner
+
+
+@pytest.mark.parametrize("depth, refused", [(5, False), (MAX_NESTING + 1, True), (3_000, True)])
+def test_nesting_with_defined_lengths_is_walked_and_capped(tmp_path, depth, refused):
+    path, _ = instance(tmp_path)
+    raw = path.read_bytes()
+    meta_end = 132 + 12 + struct.unpack_from("<L", raw, 140)[0]
+    path.write_bytes(raw[:meta_end] + defined_length_nest(depth) + raw[meta_end:])
+    if refused:
+        with pytest.raises(BadHeader, match=f"nested deeper than {MAX_NESTING}"):
+            read_header(path)
+    else:
+        assert read_header(path).values["PatientID"] == "P1"
+
+
 def test_ordinary_nesting_is_read(tmp_path):
     assert read_header(nested_file(tmp_path, 5)).values["PatientID"] == "P1"
 

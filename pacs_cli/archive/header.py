@@ -275,7 +275,10 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
         if tag in PIXEL_TAGS:
             return found
         if length == UNDEFINED:
-            pos = _skip_sequence(data, pos, explicit and vr != b"UN")
+            pos = _walk_sequence(data, pos, explicit and vr != b"UN", None)
+            continue
+        if _is_sequence(tag, vr, explicit):
+            pos = _walk_sequence(data, pos, explicit, pos + length)
             continue
         if tag in wanted:
             if explicit and vr.decode("ascii", "replace") not in TEXT_VRS:
@@ -296,41 +299,58 @@ def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -
     return pos + 8, short_length
 
 
-def _skip_sequence(data: bytes, pos: int, explicit: bool) -> int:
-    """Skip an undefined-length sequence starting at ``pos``; returns the position after its delimiter.
+def _walk_sequence(data: bytes, pos: int, explicit: bool, end: int | None) -> int:
+    """Walk the sequence whose value starts at ``pos`` (``end``: None for an undefined length) into
+    every item, down to the deepest; returns the position after it.
 
-    Iterative, with a depth cap: a hostile file nesting sequences thousands deep costs a bounded
-    walk and a clear refusal, not a RecursionError. The contents of an undefined-length UN element
-    are implicit VR (PS3.5 6.2.2).
+    Iterative, with a depth cap: a hostile dataset nesting sequences thousands deep, with defined or
+    undefined lengths, costs a bounded walk and a clear refusal instead of a RecursionError in every
+    reader that meets it later. The contents of an undefined-length UN element are implicit VR
+    (PS3.5 6.2.2).
     """
-    stack = [("sequence", explicit)]
+    stack = [("sequence", explicit, end)]
     while stack:
         if len(stack) > 2 * MAX_NESTING:
             raise BadHeader(f"sequences nested deeper than {MAX_NESTING} levels")
-        kind, nested_explicit = stack[-1]
+        kind, nested_explicit, frame_end = stack[-1]
+        if frame_end is not None and pos >= frame_end:
+            if pos > frame_end:
+                raise _Unscannable  # contents overrun their declared length: pydicom's verdict
+            stack.pop()
+            continue
         group, element, length = _TAG_LENGTH.unpack_from(data, pos)
         tag = group << 16 | element
         if kind == "sequence":
             pos += 8
-            if tag == SEQUENCE_END:
+            if tag == SEQUENCE_END and frame_end is None:
                 stack.pop()
             elif tag != ITEM:
                 raise _Unscannable
-            elif length == UNDEFINED:
-                stack.append(("item", nested_explicit))
             else:
-                pos += length
-        elif tag == ITEM_END:
+                stack.append(("item", nested_explicit, None if length == UNDEFINED else pos + length))
+        elif tag == ITEM_END and frame_end is None:
             pos += 8
             stack.pop()
         else:
             vr = data[pos + 4:pos + 6]
             pos, length = _value_start(data, pos, vr, struct.unpack_from("<H", data, pos + 6)[0], nested_explicit)
             if length == UNDEFINED:
-                stack.append(("sequence", nested_explicit and vr != b"UN"))
+                stack.append(("sequence", nested_explicit and vr != b"UN", None))
+            elif _is_sequence(tag, vr, nested_explicit):
+                stack.append(("sequence", nested_explicit, pos + length))
             else:
                 pos += length
     return pos
+
+
+def _is_sequence(tag: int, vr: bytes, explicit: bool) -> bool:
+    """Whether a defined-length element is a sequence to walk into; implicit VR asks the dictionary."""
+    if explicit:
+        return vr == b"SQ"
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:  # private or unknown: opaque bytes
+        return False
 
 
 def _text(data: bytes, pos: int, length: int) -> str:
