@@ -22,7 +22,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs_cli.dimse import reactor
+from pacs_cli.dimse import reactor, responses
 from pacs_cli.dimse import tls as tls_contexts
 from pacs_cli.dimse.ae import make_ae, nodelay
 from pacs_cli.errors import PacsError
@@ -269,6 +269,7 @@ class PolicyRequestHandler(RequestHandler):
         # we give that object our recv() rather than building a second one.
         assoc.dul.socket.__class__ = GuardedSocket
         reactor.install(assoc, dul_class=GuardedDUL)
+        responses.install(assoc)
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
         assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
         return assoc
