@@ -106,6 +106,53 @@ def test_derived_columns_follow_every_change(archive):
     assert [s["series_instance_uid"] for s in rows(archive.db_path, "series")] == ["1.2.3.1"]
 
 
+DERIVED = {
+    "patients": ("patient_id", "number_of_patient_related_studies", "number_of_patient_related_series",
+                 "number_of_patient_related_instances"),
+    "studies": ("study_instance_uid", "modalities_in_study", "sop_classes_in_study",
+                "number_of_study_related_series", "number_of_study_related_instances"),
+    "series": ("series_instance_uid", "number_of_series_related_instances"),
+}
+
+
+def derived(db_path) -> dict:
+    return {table: sorted(tuple(r[c] for c in columns) for r in rows(db_path, table))
+            for table, columns in DERIVED.items()}
+
+
+def assert_counts_equal_a_recount(archive) -> None:
+    kept = derived(archive.db_path)
+    with archive.index.write() as tx:
+        tx.settle_all()
+    assert derived(archive.db_path) == kept
+
+
+@pytest.mark.parametrize("phase", ["new instances only", "then replacements and moves"])
+def test_counts_kept_per_store_equal_a_full_recount(tmp_path, phase):
+    """Stores count one more instance without recounting the study; whatever mix of new instances,
+    replacements and instances moving to another series, study or patient, the derived columns must
+    be what recounting everything gives."""
+    import random
+
+    rng = random.Random(7)
+    archive = Archive.open(tmp_path / "archive", on_duplicate="replace")
+
+    def store_one(uid: str) -> None:
+        study = rng.choice(["1.2.3", "1.2.4", "1.2.5"])
+        modality, sop_class = rng.choice([("CT", "1.2.840.10008.5.1.4.1.1.2"), ("MR", MR_IMAGE)])
+        patient = {"1.2.3": "P1", "1.2.4": "P1", "1.2.5": rng.choice(["P2", "P3"])}[study]
+        store(archive, dataset(uid, patient_id=patient, study=study, series=f"{study}.{rng.choice([1, 2])}",
+                               modality=modality, sop_class=sop_class))
+
+    for n in range(60):
+        store_one(f"1.9.{n}")
+    if phase != "new instances only":
+        for _ in range(100):
+            store_one(f"1.9.{rng.randrange(80)}")
+    assert_counts_equal_a_recount(archive)
+    archive.close()
+
+
 def test_empty_values_do_not_erase_what_an_earlier_instance_said(archive):
     store(archive, dataset("1.1", StudyDescription="CT HEAD", PatientBirthDate="19700101"))
     store(archive, dataset("1.2", StudyDescription="", PatientName="Doe^Jane^Q"))
