@@ -1,0 +1,1 @@
+"""One module per benchmark case; each has ``measure(ctx, case) -> CaseResult`` (see run.py)."""
