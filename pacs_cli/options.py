@@ -87,6 +87,7 @@ class Listener:
     policy: AccessPolicy = AccessPolicy()
     tls: TLS | None = None
     max_per_address: int = 16
+    max_object_mb: int = 0  # 0: no limit
 
 
 def validate_ae_title(value: str) -> str:
@@ -236,13 +237,14 @@ def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
         @functools.wraps(func)
         def wrapper(*args, host, port, ae_title, connection_timeout, acse_timeout, dimse_timeout,
                     network_timeout, max_pdu, tls_cert, tls_key, tls_ca, use_tls, max_associations,
-                    max_per_address, accept_called_aet, allow_calling_aet, allow_ip, fault_reject, **kwargs):
+                    max_per_address, max_object_mb, accept_called_aet, allow_calling_aet, allow_ip, fault_reject,
+                    **kwargs):
             timeouts = Timeouts(connection_timeout, acse_timeout, dimse_timeout, network_timeout)
             tls = TLS(tls_cert, tls_key, tls_ca) if use_tls or tls_cert or tls_key or tls_ca else None
             policy = AccessPolicy(tuple(accept_called_aet), tuple(allow_calling_aet), tuple(allow_ip),
                                   fault_reject)
             kwargs["listener"] = Listener(host, port, ae_title, timeouts, max_pdu, max_associations, policy, tls,
-                                          max_per_address)
+                                          max_per_address, max_object_mb)
             return func(*args, **kwargs)
 
         return _apply(wrapper, [
@@ -260,6 +262,8 @@ def listener_options(default_port: int = 11112, default_aet: str = "PACS"):
                          help="Associations served at once; more are rejected as transient."),
             click.option("--max-per-address", type=click.IntRange(1, 500), default=16, show_default=True,
                          help="Connections open at once from one IP address; more are closed at once."),
+            click.option("--max-object-mb", type=click.IntRange(0), default=0, show_default=True,
+                         help="Abort an association whose dataset grows past this many MB (0: no limit)."),
             click.option("--accept-called-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",
                          help="Answer only to these called AE titles (repeatable; default: any)."),
             click.option("--allow-calling-aet", type=AE_TITLE, multiple=True, metavar="AETITLE",

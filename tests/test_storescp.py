@@ -436,3 +436,25 @@ def test_pynetdicom_storescu_app_sends_pydicom_test_files(scp_factory):
     assert len(stored) == len(scp.rows()) == confirmed
     assert len([e for e in scp.event_lines() if e["event"] == "store-failed"]) == duplicates
     assert scp.staging_leftovers() == []
+
+
+@pytest.mark.dcmtk
+def test_an_object_past_max_object_mb_is_aborted_and_leaves_nothing(scp_factory, tmp_path):
+    """--max-object-mb: the association is aborted while the dataset arrives; a smaller object is stored."""
+    scp = scp_factory("--max-object-mb", "1")
+    big = make_file(tmp_path / "big.dcm", rows=800)  # 800 x 800 x 2 bytes: 1.28 MB of pixels
+    small = make_file(tmp_path / "small.dcm")
+
+    refused = dcmtk_send(scp.port, big)
+    stored = dcmtk_send(scp.port, small)
+    _, err = scp.stop()
+
+    assert refused.returncode != 0
+    assert stored.returncode == 0
+    assert [r["sop_instance_uid"] for r in scp.rows()] == [read_uid(small)]
+    assert [p.name for p in (scp.archive / ".incoming").glob("*.dcm")] == []
+    assert "dataset larger than 1 MB (--max-object-mb)" in err
+
+
+def read_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

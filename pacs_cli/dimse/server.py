@@ -20,6 +20,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import P_DATA_TF as P_DATA_TF_PDU
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs_cli.dimse import reactor, responses
@@ -217,8 +218,13 @@ class GuardedDUL(reactor.EventDrivenDUL):
     (Evt19), so its state machine answers with an A-ABORT (PS3.8 9.3.1, Table 9-10).
     """
 
+    max_object = 0  # bytes of one message's dataset; 0: no limit
+    _object_bytes = 0
+
     def _decode_pdu(self, bytestream):
         pdu, event = super()._decode_pdu(bytestream)
+        if self.max_object and isinstance(pdu, P_DATA_TF_PDU):
+            self._count_dataset(pdu)
         if isinstance(pdu, A_ASSOCIATE_RQ):
             problem = association_request_problem(pdu)
             if problem:
@@ -227,6 +233,23 @@ class GuardedDUL(reactor.EventDrivenDUL):
                                f"aborted association request from {address.address}: {problem}")
                 raise ValueError(problem)
         return pdu, event
+
+
+    def _count_dataset(self, pdu) -> None:
+        """Refuse a dataset past ``max_object`` bytes while it arrives: received in chunks, an object
+        costs no memory, but it can still fill the archive's disk; an A-ABORT ends it (PS3.8 9.3.8)."""
+        for item in pdu.presentation_data_value_items:
+            value = item.presentation_data_value
+            if value[0] & 0x01:  # the message control header: a command fragment starts a new message
+                self._object_bytes = 0
+                continue
+            self._object_bytes += len(value) - 1
+            if self._object_bytes > self.max_object:
+                address = self.assoc.requestor.address_info.address
+                security_alert(self.assoc._server, address,
+                               f"aborted association from {address}: dataset larger than "
+                               f"{self.max_object // 1_000_000} MB (--max-object-mb)")
+                raise ValueError("dataset larger than --max-object-mb")
 
 
 def association_request_problem(pdu) -> str | None:
@@ -269,6 +292,7 @@ class PolicyRequestHandler(RequestHandler):
         # we give that object our recv() rather than building a second one.
         assoc.dul.socket.__class__ = GuardedSocket
         reactor.install(assoc, dul_class=GuardedDUL)
+        assoc.dul.max_object = self.server.max_object
         responses.install(assoc)
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
         assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
@@ -281,6 +305,7 @@ class PolicyServer(ThreadedAssociationServer):
     handshake_timeout = 10.0
     pdu_deadline = 30.0
     max_per_address = 16
+    max_object = 0
 
     def get_request(self):
         client, address = self.socket.accept()
@@ -338,6 +363,7 @@ class Server:
         self.server.handshake_timeout = listener.timeouts.connect
         self.server.pdu_deadline = listener.timeouts.acse
         self.server.max_per_address = listener.max_per_address
+        self.server.max_object = listener.max_object_mb * 1_000_000
         self.ae._servers.append(self.server)
         self._thread = threading.Thread(target=self.server.serve_forever, name="pacs-accept", daemon=True)
 
