@@ -657,7 +657,6 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
         return _failed(item, f"cannot {verb} the file", _exception_text(exc))
     assoc.dimse_timeout = connection.timeouts.dimse + item.size / SLOWEST_RATE
     started = time.monotonic()
-    pause_reactor(assoc)
     try:
         rsp = assoc.send_c_store(payload, msg_id=msg_id)
     except (ValueError, AttributeError) as exc:  # pynetdicom found no context, or the meta lacks a UID
@@ -722,23 +721,6 @@ def _failed(item: Item, reason: str, error: str | None = None, hint: str | None 
     result.reason, result.hint = reason, hint
     result.error = (error or reason) + (f": {hint}" if hint else "")
     return result
-
-
-def pause_reactor(assoc) -> None:
-    """Stop pynetdicom's association reactor for certain before a request, so it cannot take the response.
-
-    pynetdicom 3.0.4 pauses its reactor thread with a flag and an event: ``send_c_store`` clears the
-    event and waits for ``_is_paused``, but that flag is still True from the reactor's previous turn,
-    whose ``wait()`` already returned; the reactor then calls ``dimse.get_msg()`` and, when the peer
-    answers quickly, takes the C-STORE-RSP meant for us: we wait for ``-td`` and the peer, waiting for
-    the next request, times out too. Seen here against DCMTK's storescp on loopback, about one
-    association in ten with four in parallel. Resetting the flag after clearing the event means it can
-    only become True once the reactor is really waiting.
-    """
-    assoc._reactor_checkpoint.clear()
-    assoc._is_paused = False
-    while not assoc._is_paused and assoc.is_alive() and assoc.is_established:
-        time.sleep(0.0001)
 
 
 def bound_send_queue(assoc, depth: int = QUEUED_PDUS) -> None:
