@@ -364,6 +364,19 @@ def batches(items: Sequence, size: int):
 # Statistics and tables
 
 
+def runs_summary(runs: list[dict], *path: str) -> dict | None:
+    """summary() of the value at ``path`` in each run that did not fail."""
+    values = []
+    for run_ in runs:
+        if "failed" in run_:
+            continue
+        value = run_
+        for key in path:
+            value = value[key]
+        values.append(value)
+    return summary(values)
+
+
 def summary(values: Sequence[float]) -> dict | None:
     """median, min, max and n of the successful runs' values; None when there are none."""
     values = [v for v in values if v is not None]

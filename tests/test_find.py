@@ -363,7 +363,7 @@ def test_pacs_findscu_prints_non_ascii_names(pacs_scp, script_runner):
 def test_identifiers_the_scp_refuses(pacs_scp, tmp_path, model, level, keys, words):
     responses, result = dcmtk_find(pacs_scp.port, model, level, keys, tmp_path / "rsp")
     assert responses == []
-    assert f"Received Final Find Response (" in result.stderr and words in result.stderr, result.stderr
+    assert "Received Final Find Response (" in result.stderr and words in result.stderr, result.stderr
 
 
 def test_identifier_without_a_level_is_refused(pacs_scp):

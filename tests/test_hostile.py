@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 import pdus

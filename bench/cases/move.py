@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import (
     HOST, BenchError, CaseResult, Context, Server, cell, count_files, dcmtk, echo_ready, free_port, log_tail,
-    log_tails, ratio, ready_file, run, summary, table,
+    log_tails, ratio, ready_file, run, runs_summary, table,
 )
 
 from cases.index import build_dcmqridx, build_pacs
@@ -96,15 +96,7 @@ def measure(ctx: Context, case: str) -> CaseResult:
                     dest_out.mkdir(exist_ok=True)
 
     def stats(label, *path):
-        values = []
-        for r in raw[label]:
-            if "failed" in r:
-                continue
-            value = r
-            for key in path:
-                value = value[key]
-            values.append(value)
-        return summary(values)
+        return runs_summary(raw[label], *path)
 
     reference = stats("DCMTK dcmqrscp → DCMTK storescp", "images_per_s")
     rows = [[label, cell(stats(label, "seconds"), 2, runs=ctx.runs), cell(stats(label, "images_per_s"), runs=ctx.runs),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import (
     HOST, BenchError, CaseResult, Context, Images, Server, cell, count_files, dcmtk, echo_ready, free_port,
-    log_tail, log_tails, ratio, ready_file, run, summary, table,
+    log_tail, log_tails, ratio, ready_file, run, runs_summary, table,
 )
 
 PACS_OWN = (".incoming", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal")
@@ -167,18 +167,6 @@ def measure(ctx: Context, case: str) -> CaseResult:
 # --- the table -------------------------------------------------------------------------------------------
 
 
-def _stats(runs: list[dict], *path: str):
-    values = []
-    for r in runs:
-        if "failed" in r:
-            continue
-        value = r
-        for key in path:
-            value = value[key]
-        values.append(value)
-    return summary(values)
-
-
 def report(ctx: Context, case: str, shape: str, plan, raw: dict, failures: list[str]) -> CaseResult:
     sizes = {d.count: d for _, d in plan}
     biggest = max(sizes.values(), key=lambda d: d.count)
@@ -191,18 +179,18 @@ def report(ctx: Context, case: str, shape: str, plan, raw: dict, failures: list[
     headers = ["sender → receiver", "files", "seconds" if large else "images/s", "MB/s", "vs DCMTK", "sender CPU s",
                "sender RSS MB", "receiver CPU s", "receiver RSS MB"]
     rows = []
-    reference = {d.count: _stats(raw[f"{p.label} [{d.count}]"], "mb_per_s") for p, d in plan if p.reference}
+    reference = {d.count: runs_summary(raw[f"{p.label} [{d.count}]"], "mb_per_s") for p, d in plan if p.reference}
     for pair, data in plan:
         runs = raw[f"{pair.label} [{data.count}]"]
-        rate = _stats(runs, "mb_per_s")
+        rate = runs_summary(runs, "mb_per_s")
         label = pair.label + ("" if data.count == biggest.count else f" (first {data.count:,} files)")
         if pair.reference and data.count != biggest.count:
             label = f"DCMTK → DCMTK, reference for the {data.count:,}-file rows"
-        first = _stats(runs, "sender", "wall_s") if large else _stats(runs, "images_per_s")
+        first = runs_summary(runs, "sender", "wall_s") if large else runs_summary(runs, "images_per_s")
         rows.append([label, f"{data.count:,}", cell(first, 2 if large else None, runs=ctx.runs), cell(rate),
                      "1 (reference)" if pair.reference else ratio(rate, reference.get(data.count)),
-                     cell(_stats(runs, "sender", "cpu_s"), 2), cell(_stats(runs, "sender", "rss_mb"), 0),
-                     cell(_stats(runs, "receiver", "cpu_s"), 2), cell(_stats(runs, "receiver", "rss_mb"), 0)])
+                     cell(runs_summary(runs, "sender", "cpu_s"), 2), cell(runs_summary(runs, "sender", "rss_mb"), 0),
+                     cell(runs_summary(runs, "receiver", "cpu_s"), 2), cell(runs_summary(runs, "receiver", "rss_mb"), 0)])
     lines = table(headers, rows)
     notes = [
         "",

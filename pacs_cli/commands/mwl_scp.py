@@ -80,7 +80,7 @@ def mwl_scp(state, listener, worklist_dir, db_path, ready_file, exit_after, idle
             store.close()
         return
 
-    scp = WorklistSCP(listener, WorklistSettings(worklist_dir, db_path, events, audit_log), debug=state.verbose >= 2)
+    scp = WorklistSCP(listener, WorklistSettings(worklist_dir, db_path, events, audit_log))
     for error in scp.store.source_errors():
         click.echo(f"warning: {error}", err=True)
 

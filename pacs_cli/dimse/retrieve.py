@@ -116,7 +116,7 @@ def handle_move(event, archive, options: RetrieveOptions, events=None, audit=Non
         with _Rewrite(event.assoc, {MOVE_DESTINATION_UNKNOWN: comment}):
             yield address, destination.port, _association_kwargs(destination, rows, options)
             yield len(rows)
-            _audit_begin(_audit_log(event, audit), requestor, receiver, request, rows)
+            _audit_begin(audit, requestor, receiver, request, rows)
             yield from _sub_operations(event, archive, rows, outcome)
     except Refused as exc:
         # pynetdicom answers (None, None) with a bare 0xA801, before any sub-operation: put ours there
@@ -127,7 +127,7 @@ def handle_move(event, archive, options: RetrieveOptions, events=None, audit=Non
     finally:
         counts.stop()
         _record(outcome, calling, events, counts)
-        _audit_end(_audit_log(event, audit), requestor, receiver, outcome, counts)
+        _audit_end(audit, requestor, receiver, outcome, counts)
 
 
 def handle_get(event, archive, events=None, audit=None):
@@ -143,7 +143,7 @@ def handle_get(event, archive, events=None, audit=None):
         rows = _instances(archive, request)
         outcome["instances"] = len(rows)
         yield len(rows)
-        _audit_begin(_audit_log(event, audit), requestor, requestor, request, rows)
+        _audit_begin(audit, requestor, requestor, request, rows)
         yield from _sub_operations(event, archive, rows, outcome)
     except Refused as exc:
         # pynetdicom answers 0 sub-operations with a bare success, before any C-STORE: put ours there
@@ -154,7 +154,7 @@ def handle_get(event, archive, events=None, audit=None):
     finally:
         counts.stop()
         _record(outcome, calling, events, counts)
-        _audit_end(_audit_log(event, audit), requestor, requestor, outcome, counts)
+        _audit_end(audit, requestor, requestor, outcome, counts)
 
 
 class _Counts:
@@ -261,17 +261,6 @@ def _read(archive, uid: str, path: str) -> Dataset:
         stand_in = Dataset()
         stand_in.SOPInstanceUID = uid
         return stand_in
-
-
-def _audit_log(event, audit):
-    """The audit log to write to: the one given, else the one the server carries for the process.
-
-    storescp's assembly (pacs_cli/scp.py) hands retrieve.handlers no audit log; the server object holds
-    the process's, as it does for the Security Alerts of server.py.
-    """
-    if audit is not None:
-        return audit
-    return getattr(getattr(event.assoc, "_server", None), "audit", None)
 
 
 def _audit_begin(audit, requestor: dict, receiver: dict, request, rows) -> None:

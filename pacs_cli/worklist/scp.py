@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import _config
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
@@ -40,9 +39,8 @@ def open_store(directory: Path, db_path: Path | None) -> WorklistDB:
 
 
 class WorklistSCP:
-    def __init__(self, listener: Listener, settings: WorklistSettings, debug: bool = False):
+    def __init__(self, listener: Listener, settings: WorklistSettings):
         self.store = open_store(settings.directory, settings.db_path)
-        _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
         self.stats = Stats()
         self.events = EventLog(settings.events)
         self.audit = AuditLog(settings.audit_log, listener.ae_title)
