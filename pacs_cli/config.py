@@ -21,7 +21,6 @@ Layout::
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +85,8 @@ def load(path: Path | None, command_names, explicit: bool) -> Config:
         return EMPTY
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    import tomllib  # here: most runs have no config file, and every command starts through this
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

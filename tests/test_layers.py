@@ -1,9 +1,13 @@
 """The library layers never import the terminal layers: protocol, storage and index code stay usable
-without click or rich (STYLE.md, "dimse/ and archive/ never import click or rich")."""
+without click or rich (STYLE.md, "dimse/ and archive/ never import click or rich"); and the one-shot
+commands, run as `pacs` runs them, import only what they use (issue 7: start-up time)."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +33,61 @@ def test_library_module_imports_no_click_or_rich(path):
 
 def test_the_layers_exist():
     assert len(LIBRARY) > 15
+
+
+# Run the console script's own entry point and report, at exit, the packages that were really imported
+# (a module set to None, an import refused on purpose, does not count).
+LOADED = (
+    "import atexit, json, sys\n"
+    "atexit.register(lambda: print(json.dumps(sorted({name.split('.')[0] for name, module in sys.modules.items()"
+    " if module is not None})), file=sys.stderr))\n"
+    "from pacs_cli.cli import main\n"
+    "sys.argv[0] = 'pacs'\n"
+    "main()\n"
+)
+IMPORT_LATER = "import it inside the function that needs it, not at the top of a module this command imports"
+
+
+def loaded_packages(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    result = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=60)
+    return result, set(json.loads(result.stderr.splitlines()[-1]))
+
+
+def test_echo_imports_neither_pixel_libraries_nor_the_index_nor_rich(pynetdicom_scp):
+    """numpy and requests come with any pydicom import unless cli.main keeps them out; sqlite-utils or rich
+    would come only through a top-level import on echo's path."""
+    port = pynetdicom_scp()
+    result, loaded = loaded_packages("echo", "127.0.0.1", str(port))
+    assert result.returncode == 0 and "0x0000 Success" in result.stdout, result.stderr
+    assert {"pynetdicom", "pydicom"} <= loaded
+    assert loaded & {"numpy", "requests", "sqlite_utils", "rich"} == set(), IMPORT_LATER
+
+
+def test_find_in_the_index_imports_no_network_stack(tmp_path):
+    """`pacs find --db` reads SQLite: no pynetdicom, no sqlite-utils (the index is already migrated)."""
+    from pacs_cli.archive.index import FileInfo, Index
+
+    index = Index.open(tmp_path / "index.sqlite")
+    try:
+        with index.write() as tx:
+            tx.put({"PatientID": "0042", "PatientName": "Doe^Jane", "StudyInstanceUID": "1.2.3",
+                    "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5", "Modality": "CT",
+                    "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, FileInfo("a.dcm", 1, 1))
+    finally:
+        index.close()
+    result, loaded = loaded_packages("find", "--db", str(tmp_path / "index.sqlite"), "-k", "PatientID=0042",
+                                     "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["00100020"]["Value"] == ["0042"]
+    assert "pydicom" in loaded
+    assert loaded & {"numpy", "requests", "pynetdicom", "sqlite_utils", "rich"} == set(), IMPORT_LATER
+
+
+def test_other_commands_keep_numpy():
+    """Only the commands in cli.PIXEL_FREE go without numpy: `pacs dump` may decode pixel data."""
+    pytest.importorskip("numpy")
+    from pydicom.data import get_testdata_file
+
+    result, loaded = loaded_packages("dump", get_testdata_file("CT_small.dcm"))
+    assert result.returncode == 0, result.stderr
+    assert "numpy" in loaded

@@ -34,11 +34,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from pacs_cli.archive import matching, schema
 from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY
 
+DB_NAME = "index.sqlite"  # in the archive directory, unless --db says otherwise
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another (a `pacs index` batch, another process)
 MIGRATIONS_TABLE = "_pacs_migrations"
 MAX_PARAMS = 500  # values per IN (...) list, well under SQLite's limit
@@ -74,20 +73,25 @@ MIGRATIONS: list = []
 migration = MIGRATIONS.append
 
 
-def migrate(db: sqlite_utils.Database) -> None:
+def migrate(conn: sqlite3.Connection) -> None:
     """Apply the pending migrations in one write transaction.
 
+    sqlite-utils, which the migrations create tables with, is imported only when one is pending:
+    opening an index that is up to date (every ``pacs find --db``) costs no more than sqlite3.
     Needs sqlite-utils >= 4.0: from 4.0 ``table.create()`` and friends use savepoints inside an open
     transaction (``db.atomic()``, sqlite-utils #755); 3.x would commit ours half way through.
     """
-    conn = db.conn
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if not db[MIGRATIONS_TABLE].exists():
-            db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
-        applied = {row["name"] for row in db.query(f"SELECT name FROM {MIGRATIONS_TABLE}")}
-        for fn in MIGRATIONS:
-            if fn.__name__ not in applied:
+        applied = _applied(conn)
+        pending = [fn for fn in MIGRATIONS if applied is None or fn.__name__ not in applied]
+        if pending:
+            import sqlite_utils
+
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            if applied is None:
+                db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name")
+            for fn in pending:
                 fn(db)
                 conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
                              (fn.__name__, _now()))
@@ -95,6 +99,13 @@ def migrate(db: sqlite_utils.Database) -> None:
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _applied(conn: sqlite3.Connection) -> set[str] | None:
+    """The names of the applied migrations; None in a new index, which has no table for them yet."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                          (MIGRATIONS_TABLE,)).fetchone()
+    return {name for (name,) in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")} if exists else None
 
 
 def _create(db, table: str, columns: dict, foreign_key: tuple | None = None) -> None:
@@ -155,6 +166,10 @@ def m001_initial(db):
 # The index
 
 
+class _Connection(sqlite3.Connection):
+    """A connection :class:`Index` can keep in a WeakSet: sqlite3's own take no weak references."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """What the instances row says about the file itself."""
@@ -183,33 +198,33 @@ class Index:
     def open(cls, path: Path, synchronous: str = "NORMAL") -> Index:
         """Open (creating if needed) the index at ``path``, in WAL mode, migrated to the latest schema."""
         index = cls(path, synchronous)
-        db = index.db
-        db.conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
-        migrate(db)
+        conn = index.conn
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file
+        migrate(conn)
         return index
 
     @property
-    def db(self) -> sqlite_utils.Database:
+    def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
-        db = getattr(self._local, "db", None)
-        if db is None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"the index {self.path} is closed")
-            db = self._connect()
-            self._local.db = db
+            conn = self._connect()
+            self._local.conn = conn
             with self._guard:
-                self._open.add(db)
-        return db
+                self._open.add(conn)
+        return conn
 
-    def _connect(self) -> sqlite_utils.Database:
+    def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False only so close() may close connections of finished threads;
         # each connection is still used by one thread only.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Connection)
         try:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")  # one of two constants
-            return sqlite_utils.Database(conn, execute_plugins=False)
+            return conn
         except BaseException:
             conn.close()
             raise
@@ -218,10 +233,10 @@ class Index:
         """Close every connection still open; later use raises."""
         self._closed = True
         with self._guard:
-            databases = list(self._open)
+            connections = list(self._open)
             self._open.clear()
-        for db in databases:
-            db.close()
+        for conn in connections:
+            conn.close()
         self._local = threading.local()
 
     def release_thread(self) -> None:
@@ -233,13 +248,13 @@ class Index:
         association ends, and the opener closes its own after migrating, so the descriptors of a
         busy server come back down when it goes idle.
         """
-        db = getattr(self._local, "db", None)
-        if db is None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             return
-        self._local.db = None
+        self._local.conn = None
         with self._guard:
-            self._open.discard(db)
-        db.close()
+            self._open.discard(conn)
+        conn.close()
 
     def open_connections(self) -> int:
         """How many connections are open (threads that ended have closed theirs)."""
@@ -249,7 +264,7 @@ class Index:
     @contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction (BEGIN IMMEDIATE); derived columns settled before COMMIT."""
-        conn = self.db.conn
+        conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         writer = Writer(conn)
         try:
@@ -264,18 +279,18 @@ class Index:
 
     def instance(self, sop_instance_uid: str) -> dict | None:
         """Everything the index knows about one instance, all levels joined; None if unknown."""
-        return _instance(self.db.conn, sop_instance_uid)
+        return _instance(self.conn, sop_instance_uid)
 
     def level_of(self, uid: str) -> str | None:
         """IMAGE, SERIES or STUDY when some row has ``uid`` as its unique key."""
-        return _level_of(self.db.conn, uid)
+        return _level_of(self.conn, uid)
 
     def file_states(self, paths: list[str]) -> dict[str, tuple[int, int, str]]:
         """For indexed ``paths``: (size, mtime_ns, sop_instance_uid), for incremental indexing."""
         states = {}
         for chunk in _chunks(paths, MAX_PARAMS):
             marks = ", ".join("?" * len(chunk))
-            for path, size, mtime_ns, uid in self.db.conn.execute(
+            for path, size, mtime_ns, uid in self.conn.execute(
                     f"SELECT path, size, mtime_ns, sop_instance_uid FROM instances WHERE path IN ({marks})",
                     chunk):
                 states[path] = (size, mtime_ns, uid)
@@ -283,12 +298,12 @@ class Index:
 
     def files(self) -> Iterator[tuple[str, str, int, int]]:
         """Every instance as (sop_instance_uid, path, size, mtime_ns), streamed."""
-        yield from self.db.conn.execute(
+        yield from self.conn.execute(
             "SELECT sop_instance_uid, path, size, mtime_ns FROM instances ORDER BY pk")
 
     def stats(self) -> dict:
         """Counts per level, bytes, and instances per modality and per SOP class."""
-        conn = self.db.conn
+        conn = self.conn
         counts = {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                   for table in schema.TABLES.values()}
         total = conn.execute("SELECT coalesce(sum(size), 0) FROM instances").fetchone()[0]
@@ -343,7 +358,7 @@ class Index:
 
         Registered on first use only, so connections that never query stay as they were.
         """
-        conn = self.db.conn
+        conn = self.conn
         if getattr(self._local, "query_functions", None) is not conn:
             for name, arguments, function in matching.sql_functions():
                 conn.create_function(name, arguments, function, deterministic=True)
@@ -352,7 +367,7 @@ class Index:
 
     def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
-        return [row[0] for row in self.db.conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY rowid")]
+        return [row[0] for row in self.conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY rowid")]
 
 
 def _instance(conn, sop_instance_uid: str) -> dict | None:

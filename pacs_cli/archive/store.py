@@ -41,7 +41,7 @@ from pacs_cli.archive.errors import (
     ArchiveUnavailable, DuplicateRejected, InvalidInstance, NotFound, OutOfResources,
 )
 from pacs_cli.archive.header import Header, HeaderError, read_header
-from pacs_cli.archive.index import FileInfo, Index, Writer
+from pacs_cli.archive.index import DB_NAME, FileInfo, Index, Writer
 from pacs_cli.archive.layout import Layout, UnsafePath, is_inside, parse_template
 from pacs_cli.errors import UsageError
 
@@ -54,7 +54,6 @@ log = logging.getLogger("pacs_cli.archive")
 
 STAGING = ".incoming"
 STALE_AFTER = 24 * 3600.0  # seconds; longer than any association may stay silent
-DB_NAME = "index.sqlite"
 
 
 class DuplicatePolicy(str, enum.Enum):

@@ -72,7 +72,7 @@ def findscu(state, connection, archive_dir, db_path, keys, keys_file, level, mod
     from pydicom import config as pydicom_config
 
     from pacs_cli import output
-    from pacs_cli.archive.store import DB_NAME
+    from pacs_cli.archive.index import DB_NAME
     from pacs_cli.dimse import find, identifiers
 
     _check_target(connection)

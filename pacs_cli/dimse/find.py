@@ -39,31 +39,27 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import evt
-from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import (
-    ModalityWorklistInformationFind,
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from pacs_cli.archive import matching
 from pacs_cli.archive.index import Index
 from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEYS
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.status import status_dataset
-from pacs_cli.dimse.ae import associate
 from pacs_cli.dimse.identifiers import NUMBER_VRS, Key, Text, build_identifier, key_texts, merge, parse_keys
 from pacs_cli.errors import AssociationAborted, NetworkTimeout, OperationFailed, UsageError
 from pacs_cli.options import Connection
+
+# pynetdicom is imported by the functions that use the network: `pacs find --db` needs none of it.
+if TYPE_CHECKING:
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 log = logging.getLogger("pacs_cli.find")
 
@@ -91,10 +87,11 @@ class Model:
         return self.title
 
 
+# The FIND SOP Class UIDs (PS3.6 Table A-1), spelled out: pynetdicom.sop_class would import all of pynetdicom.
 MODELS = {
-    "patient": Model("patient", PatientRootQueryRetrieveInformationModelFind, LEVELS, "Patient Root"),
-    "study": Model("study", StudyRootQueryRetrieveInformationModelFind, (STUDY, SERIES, IMAGE), "Study Root"),
-    "worklist": Model("worklist", ModalityWorklistInformationFind, (), "Modality Worklist"),
+    "patient": Model("patient", UID("1.2.840.10008.5.1.4.1.2.1.1"), LEVELS, "Patient Root"),
+    "study": Model("study", UID("1.2.840.10008.5.1.4.1.2.2.1"), (STUDY, SERIES, IMAGE), "Study Root"),
+    "worklist": Model("worklist", UID("1.2.840.10008.5.1.4.31"), (), "Modality Worklist"),
 }
 BY_UID = {model.uid: model for model in MODELS.values()}
 SERVED = (MODELS["patient"], MODELS["study"])  # what the SCP answers
@@ -125,6 +122,8 @@ DEFAULT_KEYS[("patient", IMAGE)] = _PATIENT_ROOT_UP + DEFAULT_KEYS[("study", IMA
 
 def query_contexts():
     """The FIND contexts storescp offers: Patient Root and Study Root, uncompressed only."""
+    from pynetdicom.presentation import build_context
+
     return [build_context(model.uid, TRANSFER_SYNTAXES) for model in SERVED]
 
 
@@ -325,6 +324,8 @@ def _audit(audit, event, outcome: dict) -> None:
 
 
 def handlers(index: Index, options: QueryOptions, events=None, audit=None):
+    from pynetdicom import evt
+
     return [
         (evt.EVT_C_FIND, handle_find, [index, options, events, audit]),
         (evt.EVT_SOP_EXTENDED, handle_extended),
@@ -388,6 +389,10 @@ def find(connection: Connection, identifier: Dataset, model: Model, outcome: Out
 
     Raises NetworkError subclasses (exit 3) when the association cannot be made or breaks.
     """
+    from pynetdicom.presentation import build_context
+
+    from pacs_cli.dimse.ae import associate
+
     outcome.where = f"on {connection.peer}"
     ext_neg = [_datetime_negotiation(model)] if combined_datetime else None
     with associate(connection, [build_context(model.uid, TRANSFER_SYNTAXES)], ext_neg=ext_neg) as assoc:
@@ -408,6 +413,8 @@ def find(connection: Connection, identifier: Dataset, model: Model, outcome: Out
 
 
 def _datetime_negotiation(model: Model) -> SOPClassExtendedNegotiation:
+    from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
+
     item = SOPClassExtendedNegotiation()
     item.sop_class_uid = model.uid
     item.service_class_application_information = b"\x00\x01"  # no relational queries; combined date-time

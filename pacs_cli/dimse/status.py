@@ -1,34 +1,41 @@
-"""DIMSE status codes in words (PS3.7 Annex C and the service classes of PS3.4)."""
+"""DIMSE status codes in words (PS3.7 Annex C and the service classes of PS3.4).
+
+pynetdicom's status tables are imported when a status is first put into words: ``pacs find --db``
+imports this module and needs no network, and importing any part of pynetdicom imports all of it.
+"""
 
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pynetdicom import status as _status
 
 SUCCESS = 0x0000
 CANCEL = 0xFE00
 PENDING = (0xFF00, 0xFF01)
 
-# Per service, the statuses PS3.4 defines for it, falling back on PS3.7's general ones.
+# Per service, pynetdicom's table of the statuses PS3.4 defines for it; PS3.7's general ones otherwise.
 TABLES = {
-    "echo": _status.VERIFICATION_SERVICE_CLASS_STATUS,
-    "store": _status.STORAGE_SERVICE_CLASS_STATUS,
-    "find": _status.QR_FIND_SERVICE_CLASS_STATUS,
-    "move": _status.QR_MOVE_SERVICE_CLASS_STATUS,
-    "get": _status.QR_GET_SERVICE_CLASS_STATUS,
-    "worklist": _status.MODALITY_WORKLIST_SERVICE_CLASS_STATUS,
-    "mpps": _status.PROCEDURE_STEP_STATUS,
+    "echo": "VERIFICATION_SERVICE_CLASS_STATUS",
+    "store": "STORAGE_SERVICE_CLASS_STATUS",
+    "find": "QR_FIND_SERVICE_CLASS_STATUS",
+    "move": "QR_MOVE_SERVICE_CLASS_STATUS",
+    "get": "QR_GET_SERVICE_CLASS_STATUS",
+    "worklist": "MODALITY_WORKLIST_SERVICE_CLASS_STATUS",
+    "mpps": "PROCEDURE_STEP_STATUS",
 }
 
 
 def category(code: int) -> str:
     """'Success', 'Warning', 'Failure', 'Cancel', 'Pending' or 'Unknown'."""
-    return _status.code_to_category(code)
+    from pynetdicom.status import code_to_category
+
+    return code_to_category(code)
 
 
 def describe(code: int, service: str = "echo") -> str:
     """``0xA700 Failure: Refused: Out of Resources`` - what a user would look up in PS3.4."""
-    table = TABLES.get(service, _status.GENERAL_STATUS)
+    from pynetdicom import status as tables
+
+    table = getattr(tables, TABLES.get(service, "GENERAL_STATUS"))
     kind, meaning = table.get(code, (category(code), ""))
     if code == SUCCESS:
         return "0x0000 Success"
