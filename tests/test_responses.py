@@ -37,7 +37,8 @@ def pynetdicom_command(primitive: C_STORE) -> bytes:
 def test_bytes_match_pynetdicoms_encoder(status, message_id, sop_instance):
     primitive = response(status, message_id, sop_instance=sop_instance)
     assert is_plain_store_response(primitive)
-    assert c_store_rsp_command(primitive) == pynetdicom_command(primitive)
+    assert c_store_rsp_command(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo, primitive.Status,
+                               primitive.AffectedSOPInstanceUID) == pynetdicom_command(primitive)
 
 
 @pytest.mark.parametrize("optional", [{"ErrorComment": "disk full"}, {"OffendingElement": [0x00080018]}])

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import re
 import subprocess
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from conftest import dcmtk_binary, free_port
+from conftest import Peer, dcmtk_binary, free_port, wait_for_port
 from test_storescp import StoreSCP, dataset_bytes, dcmtk_send, make_file
 
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 
 
@@ -281,3 +285,217 @@ def test_move_contexts_are_at_most_128():
     same_class = [(str(n), "1.2.3", ts, "x") for n, ts in enumerate(["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])]
     assert [cx.transfer_syntax for cx in move_contexts(same_class)] == [
         ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"], ["1.2.840.10008.1.2.4.50"]]
+
+
+# --- sub-operations sent from the stored file -----------------------------------------------------
+
+
+def implicit(path: Path) -> Path:
+    """``path`` rewritten in Implicit VR Little Endian."""
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    return path
+
+
+def add_implicit_study(scp: StoreSCP, folder: Path) -> tuple[str, list[Path]]:
+    """A study of two Implicit VR Little Endian files, sent as such (storescu -xi) and so archived."""
+    folder.mkdir(exist_ok=True)
+    study = generate_uid()
+    files = [implicit(make_file(folder / f"implicit{n}.dcm", patient_id="PAT3", study=study)) for n in range(2)]
+    assert dcmtk_send(scp.port, *files, extra=("-xi",)).returncode == 0
+    return study, files
+
+
+def archived(scp: StoreSCP, *sources: Path) -> dict[str, bytes]:
+    """SOP Instance UID -> bytes after the file meta, of the archive's files of ``sources``' instances."""
+    wanted = set(originals(*sources))
+    held = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in scp.files()}
+    return {uid: dataset_bytes(held[uid]) for uid in wanted}
+
+
+def syntaxes(out: Path) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in out.iterdir()}
+
+
+def decoded(*paths: Path) -> dict[str, Dataset]:
+    """SOP Instance UID -> the dataset, whatever transfer syntax it came in."""
+    return {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, paths)}
+
+
+@pytest.fixture
+def dcmtk_dest(tmp_path):
+    """Factory: DCMTK's storescp as DEST on ``port`` with extra options, writing what arrives as it came
+    (+B, bit-preserving) into a folder it returns."""
+    running = []
+
+    def start(port: int, *options: str) -> Path:
+        out = tmp_path / f"dest{len(running)}"
+        out.mkdir()
+        proc = Peer([dcmtk_binary("storescp"), "+B", *options, "-aet", "DEST", "-od", str(out), str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running.append(proc)
+        wait_for_port(port, proc)
+        return out
+
+    yield start
+    for proc in running:
+        proc.stop()
+
+
+def test_c_move_to_dcmtk_storescp_sends_explicit_and_implicit_files_as_archived(archive, dcmtk_dest, tmp_path):
+    scp, dest_port, study, _, files, _ = archive
+    implicit_study, implicit_files = add_implicit_study(scp, tmp_path / "sources")
+    out = dcmtk_dest(dest_port)
+    for uid in (study, implicit_study):
+        final = move(scp.port, identifier("STUDY", StudyInstanceUID=uid))[-1][0]
+        assert final.Status == 0x0000
+    assert syntaxes(out) == {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    assert received(out) == archived(scp, *files, *implicit_files)
+
+
+def test_c_move_converts_for_a_destination_taking_only_implicit_vr(archive, dcmtk_dest):
+    scp, dest_port, study, _, files, _ = archive
+    out = dcmtk_dest(dest_port, "+xi")
+    final = move(scp.port, identifier("STUDY", StudyInstanceUID=study))[-1][0]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
+    assert syntaxes(out) == {ImplicitVRLittleEndian}
+    assert decoded(*out.iterdir()) == decoded(*files)
+
+
+def c_get(port: int, study: str, syntax: str) -> dict[str, tuple[str, bytes]]:
+    """SOP Instance UID -> (transfer syntax, dataset bytes as received) of a pynetdicom C-GET of ``study``
+    proposing CT Image Storage in ``syntax`` only (DCMTK's getscu proposes Explicit VR whatever it is told)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import build_role
+
+    got = {}
+
+    def handle(event):
+        got[event.request.AffectedSOPInstanceUID] = (event.context.transfer_syntax, event.request.DataSet.getvalue())
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(STUDY_ROOT_GET)
+    ae.add_requested_context(CT_IMAGE_STORAGE, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", ext_neg=[build_role(CT_IMAGE_STORAGE, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, handle)])
+    assert assoc.is_established
+    try:
+        query = identifier("STUDY", StudyInstanceUID=study)
+        statuses = [status for status, _ in assoc.send_c_get(query, STUDY_ROOT_GET)]
+    finally:
+        assoc.release()
+        ae.shutdown()
+    assert statuses[-1].Status == 0x0000
+    return got
+
+
+def test_c_get_sends_explicit_and_implicit_files_as_archived_or_converted(archive, tmp_path, monkeypatch):
+    from pynetdicom import _config
+    from pynetdicom.dsutils import decode
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)  # the bytes as they came, in memory
+    scp, _, study, _, files, _ = archive
+    implicit_study, implicit_files = add_implicit_study(scp, tmp_path / "sources")
+    for uid, sources, syntax in ((study, files, ExplicitVRLittleEndian),
+                                 (implicit_study, implicit_files, ImplicitVRLittleEndian)):
+        got = c_get(scp.port, uid, syntax)
+        assert {ts for ts, _ in got.values()} == {syntax}
+        assert {uid: data for uid, (_, data) in got.items()} == archived(scp, *sources)
+    converted = c_get(scp.port, implicit_study, ExplicitVRLittleEndian)
+    assert {ts for ts, _ in converted.values()} == {ExplicitVRLittleEndian}
+    assert {uid: decode(BytesIO(data), False, True) for uid, (_, data) in converted.items()} == \
+        decoded(*implicit_files)
+
+
+def test_the_handler_yields_stand_ins_and_reads_no_file(tmp_path, monkeypatch):
+    """What a C-GET handler hands pynetdicom: the archived instance's UIDs, path and transfer syntax,
+    not its decoded dataset."""
+    from types import SimpleNamespace
+
+    import pydicom.filereader
+
+    from pacs_cli.archive import Archive
+    from pacs_cli.dimse.retrieve import GET_MODELS, PENDING, handle_get
+    from pacs_cli.dimse.substore import StoredInstance
+
+    study = generate_uid()
+    files = [make_file(tmp_path / f"{n}.dcm", patient_id="PAT9", study=study) for n in range(2)]
+    paths = {uid: path for uid, path in zip(originals(*files), files)}
+    archive = Archive.open(tmp_path / "archive")
+    archive.index_files(files)
+
+    def read_partial(*args, **kwargs):
+        raise AssertionError("the handler decoded a file")
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", read_partial)
+    requestor = SimpleNamespace(ae_title="GETTER", address_info=SimpleNamespace(address="127.0.0.1"))
+    assoc = SimpleNamespace(requestor=requestor, bind=lambda *_: None, unbind=lambda *_: None)  # no responses here
+    event = SimpleNamespace(assoc=assoc,
+                            request=SimpleNamespace(AffectedSOPClassUID=GET_MODELS["study"].uid),
+                            identifier=identifier("STUDY", StudyInstanceUID=study), is_cancelled=False)
+    try:
+        count, *pending = handle_get(event, archive)
+    finally:
+        archive.close()
+    assert count == 2 and {status for status, _ in pending} == {PENDING}
+    instances = [ds for _, ds in pending]
+    assert all(isinstance(ds, StoredInstance) and "PixelData" not in ds for ds in instances)
+    assert {ds.SOPInstanceUID: ds.path for ds in instances} == paths
+    assert {(ds.transfer_syntax, ds.PatientID, ds.StudyInstanceUID) for ds in instances} == {
+        (ExplicitVRLittleEndian, "PAT9", study)}
+
+
+def test_a_pacs_association_sends_a_stored_instance_from_its_file_or_converts_it(tmp_path, monkeypatch):
+    """The file's bytes as they are when the peer accepted their transfer syntax, no file decoded; the
+    dataset read and converted when it accepted only the other uncompressed one."""
+    import pydicom.filereader
+    from pynetdicom import AE, _config, evt
+    from pynetdicom.dsutils import encode
+    from pynetdicom.sop_class import CTImageStorage
+
+    from pacs_cli.dimse.ae import RequestorAE
+    from pacs_cli.dimse.substore import StoredInstance
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)  # substore turns it on; restored after
+    path = make_file(tmp_path / "ct.dcm")
+    ds = pydicom.dcmread(path)
+    instance = StoredInstance(path, ExplicitVRLittleEndian, SOPClassUID=ds.SOPClassUID,
+                              SOPInstanceUID=ds.SOPInstanceUID)
+    got = {}
+
+    def handle(event):
+        got[event.context.transfer_syntax] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    peer = AE(ae_title="DEST")
+    peer.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = peer.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+    reads = []
+    read_partial = pydicom.filereader.read_partial
+
+    def counted(*args, **kwargs):
+        reads.append(args)
+        return read_partial(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counted)
+    files_read = {}
+    try:
+        for proposed in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            ae = RequestorAE(ae_title="PACS")
+            ae.add_requested_context(CTImageStorage, proposed)
+            assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="DEST")
+            try:
+                assert assoc.send_c_store(instance).Status == 0x0000
+            finally:
+                assoc.release()
+                ae.shutdown()
+            files_read[proposed] = len(reads)
+            reads.clear()
+    finally:
+        peer.shutdown()
+    assert files_read == {ExplicitVRLittleEndian: 0, ImplicitVRLittleEndian: 1}
+    assert got[ExplicitVRLittleEndian] == dataset_bytes(path)
+    assert got[ImplicitVRLittleEndian] == encode(ds, True, True)

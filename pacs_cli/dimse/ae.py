@@ -18,7 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 from pynetdicom.transport import AddressInformation
 
-from pacs_cli.dimse import reactor, responses
+from pacs_cli.dimse import reactor
 from pacs_cli.dimse import tls as tls_contexts
 from pacs_cli.errors import (
     AssociationAborted,
@@ -87,8 +87,8 @@ class ClientSocket(reactor.PollReadySocket):
 
 
 class RequestorAE(AE):
-    """An AE whose requestor associations use :class:`ClientSocket`, are event-driven, and answer
-    C-STOREs (C-GET) through :mod:`responses`.
+    """An AE whose requestor associations use :class:`ClientSocket` and are event-driven, receiving
+    and answering C-STOREs (C-GET) through :mod:`~pacs_cli.dimse.receive`.
 
     pynetdicom creates the socket after the association and before its threads start: the
     one moment both can be set up.
@@ -98,7 +98,6 @@ class RequestorAE(AE):
         sock = ClientSocket(assoc, address=address)
         sock.tls_args = tls_args
         reactor.install(assoc)
-        responses.install(assoc)  # C-GET: we answer the peer's C-STOREs
         return sock
 
 

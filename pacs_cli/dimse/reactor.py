@@ -8,22 +8,25 @@ which caps one association at a few hundred small objects a second whatever the 
 Here both threads block until there is work. The DUL thread waits in ``poll()`` on its peer
 socket and on a wake-up socket that every queue feeding it writes to; the association thread
 waits on an event that every queue feeding it sets. Everything else (the state machine, PDU
-encoding and decoding, the reactors' bodies) stays pynetdicom's: :func:`install` swaps the
-queues and the classes of one association before its threads start, for requestors
-(:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request handler) alike.
+encoding and decoding, the reactors' bodies) stays pynetdicom's, except P-DATA-TF PDUs in the
+data transfer state, which go straight to :mod:`~pacs_cli.dimse.receive`, and C-STORE requests
+staged there, which :meth:`EventDrivenAssociation._serve_request` answers itself.
+:func:`install` swaps the queues and the classes of one association before its threads start,
+for requestors (:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request
+handler) alike.
 
-The two overridden loops follow pynetdicom 3.0.4's ``DULServiceProvider.run_reactor`` and
-``Association._run_reactor`` step for step; re-check them when pynetdicom is upgraded.
+The overridden loops and PDU read follow pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``
+and ``_read_pdu_data`` and ``Association._run_reactor`` step for step; re-check them when
+pynetdicom is upgraded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import queue
 import select
 import socket
+import struct
 import threading
 
 from pynetdicom import evt
@@ -32,6 +35,9 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
+
+from pacs_cli.dimse import receive
+from pacs_cli.dimse.substore import SendsStoredFiles
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
@@ -133,7 +139,7 @@ class EventDrivenDUL(DULServiceProvider):
             self._run_until_killed()
         finally:
             self._wakeup.close()
-            discard_staged(getattr(self.assoc.dimse.message, "_data_set_file", None))
+            receive.discard_staged(getattr(self.assoc.dimse.message, "_data_set_file", None))
             self.assoc._wake.set()
 
     def _run_until_killed(self) -> None:
@@ -157,6 +163,72 @@ class EventDrivenDUL(DULServiceProvider):
             self.state_changed.set()
             if self.state_machine.current_state == "Sta1":
                 self._release_waiting_acceptor()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's read of one PDU, with P-DATA-TF in the data transfer state taken directly.
+
+        pynetdicom decodes every PDU into an object, a primitive and a state machine event; for
+        P-DATA-TF in Sta6 that event's action (DT-2, PS3.8 9.2) only hands the PDVs to DIMSE and
+        stays in Sta6, so :mod:`~pacs_cli.dimse.receive` takes them from the receive buffer. Other
+        PDUs, other states, or handlers bound to PDU events go pynetdicom's way, as do the errors
+        (Evt17 for a connection lost mid-PDU, Evt19 for a PDU that cannot be decoded).
+        """
+        try:
+            header = self.socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(header) != 6:  # closed between PDUs: the usual end of a connection
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if not 0x01 <= pdu_type <= 0x07:
+            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = self.socket.recv(length)
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + length} bytes)")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and self._takes_pdata_directly():
+            self._receive_pdata(memoryview(body))
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: any decoding failure is Evt19
+            LOGGER.error("Unable to decode the received PDU data: %s", exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _takes_pdata_directly(self) -> bool:
+        assoc = self.assoc
+        return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
+                and isinstance(assoc.dimse, receive.StagingDIMSE)
+                and not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(evt.EVT_PDU_RECV))
+
+    def _receive_pdata(self, body: memoryview) -> None:
+        """DT-2 for one P-DATA-TF PDU; a malformed one is Evt19, as pynetdicom's decoder makes it."""
+        try:
+            pdvs = receive.split_pdvs(body)
+            self.check_pdvs(pdvs)
+        except ValueError as exc:
+            LOGGER.error("Unable to decode the received PDU data: %s", exc)
+            self.event_queue.put("Evt19")
+            return
+        if not self.assoc.dimse.receive_pdvs(pdvs):
+            self.event_queue.put("Evt19")
+
+    def check_pdvs(self, pdvs: list) -> None:
+        """Raise ValueError to refuse a P-DATA-TF PDU's PDVs (a server's limits); here none."""
 
     def _release_waiting_acceptor(self) -> None:
         """End at once an acceptor whose connection closed before its A-ASSOCIATE-RQ was read.
@@ -213,7 +285,7 @@ def _artim_left(timer) -> float:
     return max(timer.remaining, 0.0) if running else IDLE_CHECK
 
 
-class EventDrivenAssociation(Association):
+class EventDrivenAssociation(SendsStoredFiles, Association):
     """pynetdicom's association, waiting on an event instead of sleeping 1 ms a turn.
 
     It also makes pausing exact. pynetdicom's SCU methods close the reactor's checkpoint and
@@ -256,12 +328,16 @@ class EventDrivenAssociation(Association):
             if worked is None:
                 return
 
+    def _serve_request(self, msg, context_id: int) -> None:
+        if not (getattr(msg, "_pacs_staged", False) and receive.serve_staged(self, msg, context_id)):
+            super()._serve_request(msg, context_id)
+
     def _take_turn(self) -> bool | None:
         """One look at the queues: True if a message was served, None once the association ended."""
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
             self._serve_request(msg, context_id)
-            discard_staged(getattr(msg, "_dataset_file", None))
+            receive.discard_staged(getattr(msg, "_dataset_file", None))
         if self._ended_by_release() or self._ended_by_abort() or self._ended_by_dul():
             return None
         if self.dul.idle_timer_expired():
@@ -315,20 +391,6 @@ class EventDrivenAssociation(Association):
             self.dul.state_changed.clear()
 
 
-def discard_staged(handle) -> None:
-    """Close and remove a chunked-receive file that no handler took.
-
-    pynetdicom removes it after a storage handler ran; when it refuses the request itself (an
-    unknown SOP class, a context never negotiated) or its DUL thread dies mid-message, the file
-    stays in the staging directory until the next start-up sweep.
-    """
-    if handle is None:
-        return
-    handle.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(handle.name)
-
-
 def install(assoc: Association, dul_class: type[EventDrivenDUL] = EventDrivenDUL) -> None:
     """Make ``assoc`` event-driven; call before its threads start, after its socket is set."""
     dul = assoc.dul
@@ -343,5 +405,6 @@ def install(assoc: Association, dul_class: type[EventDrivenDUL] = EventDrivenDUL
     assoc.dimse.msg_queue = SignallingQueue(wake_assoc, assoc.dimse.msg_queue.queue)
     assoc._reactor_checkpoint = Checkpoint(assoc._wake)
     dul.__class__ = dul_class
+    receive.install(assoc)
     dul._target = make_target(dul.run_reactor)  # pynetdicom bound its own loop as the thread's target
     assoc.__class__ = EventDrivenAssociation

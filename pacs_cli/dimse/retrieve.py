@@ -4,7 +4,8 @@ SCP: :func:`handlers` answers Patient Root and Study Root C-MOVE and C-GET reque
 STUDY, SERIES and IMAGE levels. The identifier is checked as a C-FIND's is (:func:`find.check_request`)
 and must hold the unique key of its level (C.4.2.1.4.1: a retrieve names what it wants; an empty key
 would send the whole archive). Every instance at or below the matches is then sent, each file read
-only when its turn comes:
+only when its turn comes, and its bytes sent as stored when the peer accepted their transfer syntax
+(:mod:`~pacs_cli.dimse.substore`):
 
 * C-MOVE over a new association to the Move Destination, looked up by AE title among the config
   file's ``[peers.NAME]`` entries, proposing one presentation context per SOP class and transfer
@@ -41,7 +42,6 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, UID
 from pynetdicom import evt
@@ -58,6 +58,7 @@ from pacs_cli.archive.schema import IMAGE, LEVELS, SERIES, STUDY, UNIQUE_KEYS
 from pacs_cli.config import PeerEntry as Destination  # a C-MOVE destination is a configured peer
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.find import Model, Refused, TRANSFER_SYNTAXES, check_request
+from pacs_cli.dimse.substore import StoredInstance
 
 log = logging.getLogger("pacs_cli.retrieve")
 
@@ -93,7 +94,7 @@ class RetrieveOptions:
 # --- the SCP ------------------------------------------------------------------------------------
 
 def handle_move(event, archive, options: RetrieveOptions, events=None, audit=None):
-    """EVT_C_MOVE: yield the destination, the number of sub-operations, then one dataset each."""
+    """EVT_C_MOVE: yield the destination, the number of sub-operations, then one instance each."""
     calling = event.assoc.requestor.ae_title
     title = str(event.move_destination or "").strip()
     outcome = {"operation": "move", "level": "", "instances": 0, "status": None, "destination": title}
@@ -131,7 +132,7 @@ def handle_move(event, archive, options: RetrieveOptions, events=None, audit=Non
 
 
 def handle_get(event, archive, events=None, audit=None):
-    """EVT_C_GET: yield the number of sub-operations, then one dataset each, sent over this association."""
+    """EVT_C_GET: yield the number of sub-operations, then one instance each, sent over this association."""
     calling = event.assoc.requestor.ae_title
     outcome = {"operation": "get", "level": "", "instances": 0, "status": None, "destination": calling}
     requestor = auditing.peer(calling, event.assoc.requestor.address_info.address, requestor=True,
@@ -231,36 +232,37 @@ def _instances(archive, request):
 
 
 def _sub_operations(event, archive, rows, outcome: dict):
-    """One (0xFF00, dataset) per instance, read from disk only now; C-CANCEL checked before each."""
+    """One (0xFF00, instance) per row, its file left unread: the association sends it from disk
+    (:mod:`~pacs_cli.dimse.substore`). C-CANCEL checked before each."""
     outcome["sent"] = []
-    for number, (uid, sop_class, _syntax, path) in enumerate(rows):
+    for number, (uid, sop_class, syntax, path) in enumerate(rows):
         if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
             log.info("C-%s cancelled after %d of %d sub-operations", outcome["operation"].upper(), number,
                      len(rows))
             outcome["status"] = CANCEL
             yield CANCEL, None
             return
-        ds = _read(archive, uid, path)
-        outcome["sent"].append((str(ds.get("PatientID", "")), str(ds.get("StudyInstanceUID", "")),
-                                str(ds.get("SOPClassUID", sop_class)), uid))
-        yield PENDING, ds
+        instance = _stored(archive, uid, sop_class, syntax, path)
+        outcome["sent"].append((instance.PatientID, instance.StudyInstanceUID, sop_class, uid))
+        yield PENDING, instance
     outcome["done"] = True  # pynetdicom's final status counts the results: 0x0000, 0xB000 or 0xA702
 
 
-def _read(archive, uid: str, path: str) -> Dataset:
-    """The stored file, or a stand-in pynetdicom cannot send, so the sub-operation fails with ``uid``.
+def _stored(archive, uid: str, sop_class: str, syntax: str, path: str) -> StoredInstance:
+    """The instance to send, with the patient and study the audit record names, from the index.
 
-    pynetdicom ends the whole retrieve on a yielded failure status; a dataset without SOP Class UID
-    makes its ``send_c_store`` raise instead, which it counts as one failed sub-operation and lists
-    in FailedSOPInstanceUIDList (PS3.4 C.4.2.1.5), and the retrieve carries on.
+    A file gone from disk or unreadable fails its sub-operation when the association reads it: the
+    exception in ``send_c_store`` is one failed sub-operation to pynetdicom, which lists ``uid`` in
+    FailedSOPInstanceUIDList (PS3.4 C.4.2.1.5) and carries on.
     """
     try:
-        return dcmread(archive.path_for(path))
-    except Exception as exc:  # noqa: BLE001 - gone, unreadable or not DICOM: that instance fails
-        log.warning("cannot send %s: %s: %s", uid, type(exc).__name__, exc)
-        stand_in = Dataset()
-        stand_in.SOPInstanceUID = uid
-        return stand_in
+        known = archive.lookup(uid) or {}
+    except sqlite3.Error as exc:  # the audit record then lacks this patient and study; the file still goes
+        log.warning("the index failed: %s: %s", type(exc).__name__, exc)
+        known = {}
+    return StoredInstance(archive.path_for(path), syntax, SOPClassUID=sop_class, SOPInstanceUID=uid,
+                          PatientID=known.get("patient_id") or "",
+                          StudyInstanceUID=known.get("study_instance_uid") or "")
 
 
 def _audit_begin(audit, requestor: dict, receiver: dict, request, rows) -> None:

@@ -4,20 +4,20 @@ The steps, each a small function below:
 
 1. **gather** files, directories (recursive unless told otherwise), glob patterns and paths read from
    stdin, in the order given.
-2. **scan** headers only: the file meta gives the Transfer Syntax, and the dataset is read only up to
-   (0008,0018) for its SOP Class and Instance UIDs - the ones the C-STORE must carry (about twice the
-   cost of ``read_file_meta_info``: 0.1-0.3 ms a file, against 5 ms to send a small file). A file without a Part 10 preamble
-   (a raw dataset) is read with ``dcmread(force=True, stop_before_pixels=True)`` instead and is later sent
-   decoded. Files that are not DICOM, and DICOMDIRs, are skipped and counted.
+2. **scan** headers only: the file meta gives the Transfer Syntax and where the dataset starts, and the
+   dataset is read only up to (0008,0018) for its SOP Class and Instance UIDs - the ones the C-STORE must
+   carry - from the file's first 4 KiB (pydicom reads the unusual ones). A file without a Part 10
+   preamble (a raw dataset) is read with ``dcmread(force=True, stop_before_pixels=True)`` instead and is
+   later sent decoded. Files that are not DICOM, and DICOMDIRs, are skipped and counted.
 3. **journal**: drop the files the same peer already confirmed in an earlier run.
 4. **plan**: shard the files over N associations; per shard, batches of at most 128 presentation contexts
    (PS3.8 9.3.2.2 allows 128 per association): Verification, one context per (SOP Class, Transfer Syntax)
    carrying that transfer syntax only, and per SOP Class one conversion context carrying the uncompressed
    ones (``--ts``).
 5. **send**: a file whose own transfer syntax was accepted goes out from disk in PDU-sized pieces, never
-   decoded (pynetdicom's chunked send; it needs an exact transfer syntax match). Otherwise the file is
-   decoded and sent in the conversion context's transfer syntax: implicit/explicit VR, inflated, byte
-   order swapped, or - with ``decompress`` - its pixel data decompressed.
+   decoded, with its command encoded straight to bytes (:mod:`~pacs_cli.dimse.requests`). Otherwise the
+   file is decoded and sent by pynetdicom in the conversion context's transfer syntax: implicit/explicit
+   VR, inflated, byte order swapped, or - with ``decompress`` - its pixel data decompressed.
 6. **retry** connection failures, transient rejections and aborts with exponential backoff, resending only
    what the peer has not confirmed.
 
@@ -27,6 +27,7 @@ Results stream to the caller one :class:`FileResult` per file. Never imports cli
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import json
 import logging
@@ -35,6 +36,7 @@ import os
 import queue
 import shutil
 import signal
+import struct
 import sys
 import threading
 import time
@@ -42,14 +44,15 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from pydicom import dcmread
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config, build_context, evt
+from pydicom.uid import RE_VALID_UID, UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
 from pynetdicom.pdu_primitives import A_ABORT
 
+from pacs_cli.dimse import requests
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.ae import associate
 from pacs_cli.errors import (
@@ -73,7 +76,17 @@ CODECS_HINT = "pip install 'pacs-cli[codecs]' adds the JPEG, JPEG-LS and JPEG 20
 # PS3.5 7.3: values of these VRs are sequences of words of this many bytes, swapped between byte orders.
 WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 PIXEL_DATA = 0x7FE00010
-SOP_INSTANCE_UID = 0x00080018
+MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x00020002, 0x00020003, 0x00020010
+SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
+QUICK_UIDS = {MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID, SOP_CLASS_UID, SOP_INSTANCE_UID}
+QUICK_HEADER_BYTES = 4096  # holds the File Meta and the elements up to (0008,0018) of a usual file
+# PS3.5 7.1.2: explicit VRs whose length takes 4 bytes (after 2 reserved ones), and those whose length takes 2.
+LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+SHORT_LENGTH_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (PS3.5 7.1.2)
+_UL = struct.Struct("<L")
 NO_UIDS = "no SOP Class or SOP Instance UID in the dataset"
 VERBS = {"decoded": "decode", "converted": "convert", "decompressed": "decompress"}
 
@@ -137,6 +150,7 @@ class Item:
     sop_instance: str
     transfer_syntax: str
     chunked: bool  # a complete file meta: the dataset can go out from disk as it is
+    offset: int = 0  # where the dataset starts in the file, when chunked
 
 
 @dataclass(slots=True)
@@ -289,52 +303,138 @@ def _walk(directory: str, recurse: bool, exclude) -> Iterator[str]:
 def scan(path: str, index: int = 0) -> Item | FileResult:
     """An :class:`Item` for a sendable file, else the result saying why it will not be sent."""
     try:
-        stat = os.stat(path)
-        with open(path, "rb") as fp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as fp:
+            stat = os.fstat(fp.fileno())
             header = _read_part10_header(fp)
     except OSError as exc:
         return _failed_file(path, index, f"cannot read: {exc.strerror}")
-    except Exception:  # noqa: BLE001 - no Part 10 preamble, or a broken meta group: try it as a raw dataset
-        header = None
     if header is None:
         return _scan_dataset(path, index, stat)
-    meta, offset, sop_class, sop_instance = header
-    if meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY:
+    if header.media_sop_class == MEDIA_STORAGE_DIRECTORY:
         return _skipped(path, index, "DICOMDIR", stat.st_size)
+    sop_class, sop_instance, syntax = header.sop_class, header.sop_instance, header.syntax
     if not (_valid_uid(sop_class) and _valid_uid(sop_instance)):
         return _failed_file(path, index, NO_UIDS, stat.st_size)
-    syntax = meta.get("TransferSyntaxUID")
     # pynetdicom sends from disk with the file meta's UIDs in the command; PS3.10 7.1 makes them equal
     # to the dataset's, and when a file breaks that rule the dataset's win (as in DCMTK): send it decoded.
-    chunked = bool(syntax) and (meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")) \
-        == (sop_class, sop_instance)
+    chunked = bool(syntax) and (header.media_sop_class, header.media_sop_instance) == (sop_class, sop_instance)
     if syntax and not chunked:
         log.info("%s: file meta UIDs differ from the dataset's; the dataset's are used", path)
-    if chunked and (stat.st_size - offset) % 2:
+    if chunked and (stat.st_size - header.offset) % 2:
         # PS3.5 7.1 and A.5: an encoded dataset has even length (a deflated one is padded with 00H);
         # peers refuse an odd PDV (DCMTK: "Odd Fragment Length"), so it is re-encoded instead.
         log.info("%s: odd dataset length; it is sent re-encoded", path)
         chunked = False
     return Item(index, path, stat.st_size, stat.st_mtime_ns, str(sop_class), str(sop_instance),
-                str(syntax or _guess_syntax(path)), chunked)
+                str(syntax or _guess_syntax(path)), chunked, header.offset)
 
 
-def _read_part10_header(fp):
-    """(file meta, dataset offset, SOP Class UID, SOP Instance UID) of a Part 10 file, read up to (0008,0018).
+class Header(NamedTuple):
+    """What a Part 10 file's first bytes say: its File Meta UIDs, where its dataset starts, its SOP UIDs."""
 
-    The meta is read as pynetdicom's ``split_dataset`` reads it, so the two agree on where the dataset
-    starts. A deflated dataset is not inflated here: its meta UIDs are taken as the dataset's.
+    media_sop_class: str | None
+    media_sop_instance: str | None
+    syntax: str | None
+    offset: int  # of the dataset, where pynetdicom's ``split_dataset`` puts it: the first element past group 2
+    sop_class: str | None
+    sop_instance: str | None
+
+
+def _read_part10_header(fp) -> Header | None:
+    """The :class:`Header` of a Part 10 file, or None for a file without a preamble (a raw dataset?).
+
+    Most files are read from their first bytes by :func:`_quick_header`: measured, 0.06 ms a file
+    against pydicom's 0.55 ms, half of what sending a small file now costs. Whatever it does not
+    handle goes to pydicom.
+    """
+    header = _quick_header(fp.read(QUICK_HEADER_BYTES))
+    if header is not None:
+        return header
+    fp.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _pydicom_header(fp)
+        except OSError:
+            raise
+        except Exception:  # noqa: BLE001 - no Part 10 preamble, or a broken meta group: try it as a raw dataset
+            return None
+
+
+def _pydicom_header(fp) -> Header:
+    """The header as pydicom reads it, the meta as pynetdicom's ``split_dataset`` does, up to (0008,0018).
+
+    A deflated dataset is not inflated here: its meta UIDs are taken as the dataset's.
     """
     read_preamble(fp, False)
     meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2)
     offset, syntax = fp.tell(), meta.get("TransferSyntaxUID")
+    media = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
     if syntax is None or UID(syntax).is_deflated:
-        return meta, offset, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+        return Header(*media, syntax, offset, *media)
     syntax = UID(syntax)
     first = read_dataset(fp, is_implicit_VR=syntax.is_implicit_VR, is_little_endian=syntax.is_little_endian,
                          stop_when=lambda tag, vr, length: tag > SOP_INSTANCE_UID)
-    return meta, offset, first.get("SOPClassUID"), first.get("SOPInstanceUID")
+    return Header(*media, syntax, offset, first.get("SOPClassUID"), first.get("SOPInstanceUID"))
+
+
+def _quick_header(head: bytes) -> Header | None:
+    """The header of a file in a little endian, not deflated transfer syntax, read from its first bytes.
+
+    None for anything else, or anything unusual before (0008,0018) (an element of undefined length, an
+    unknown VR, a UI element holding several values, the bytes running out): pydicom reads those.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    meta, offset = _ui_values(head, 132, False, lambda tag: tag >> 16 != 0x0002)
+    syntax = meta.get(TRANSFER_SYNTAX_UID) if meta is not None else None
+    implicit = _little_endian_implicit_vr(syntax) if syntax else None
+    if implicit is None:
+        return None
+    first, _ = _ui_values(head, offset, implicit, lambda tag: tag > SOP_INSTANCE_UID)
+    if first is None:
+        return None
+    return Header(meta.get(MEDIA_SOP_CLASS_UID), meta.get(MEDIA_SOP_INSTANCE_UID), syntax, offset,
+                  first.get(SOP_CLASS_UID), first.get(SOP_INSTANCE_UID))
+
+
+@functools.cache
+def _little_endian_implicit_vr(syntax: str) -> bool | None:
+    """True or False for a little endian, not deflated transfer syntax's VR encoding; else None."""
+    if not _valid_uid(syntax):
+        return None  # pydicom warns about it, and the scan keeps its warnings quiet
+    uid = UID(syntax)
+    if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
+        return None
+    return uid.is_implicit_VR
+
+
+def _ui_values(data: bytes, position: int, implicit: bool, stop) -> tuple[dict | None, int]:
+    """The values of the UI elements :func:`_quick_header` needs, from ``position`` to the first tag
+    ``stop`` accepts, and where that tag starts; (None, position) when pydicom must read them."""
+    values = {}
+    while position + 8 <= len(data):
+        group, element, vr, short_length = _EXPLICIT_HEADER.unpack_from(data, position)
+        tag = group << 16 | element
+        if stop(tag):
+            return values, position
+        if implicit:
+            (length,), start, vr = _UL.unpack_from(data, position + 4), position + 8, b"UI"
+        elif vr in LONG_LENGTH_VRS and position + 12 <= len(data):
+            (length,), start = _UL.unpack_from(data, position + 8), position + 12
+        elif vr in SHORT_LENGTH_VRS:
+            length, start = short_length, position + 8
+        else:
+            break
+        if length == UNDEFINED_LENGTH or start + length > len(data):
+            break
+        if tag in QUICK_UIDS:
+            value = data[start:start + length].decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
+            if vr != b"UI" or "\\" in value:
+                break
+            values[tag] = value
+        position = start + length
+    return None, position
 
 
 def _scan_dataset(path: str, index: int, stat) -> Item | FileResult:
@@ -363,7 +463,8 @@ def _guess_syntax(path: str) -> UID:
 
 
 def _valid_uid(value) -> bool:
-    return isinstance(value, str) and bool(value) and UID(value).is_valid
+    """``UID(value).is_valid`` without building the UID (pydicom validates it on the way, twice the cost)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and RE_VALID_UID.match(value) is not None
 
 
 def _syntax_of(encoding: tuple) -> UID:
@@ -522,6 +623,7 @@ class Route:
 
     syntax: str | None = None
     conversion: str | None = None  # None (from disk as it is), "decoded", "converted" or "decompressed"
+    context_id: int | None = None  # the accepted context of the file's own transfer syntax
     reason: str | None = None  # set when the file cannot be sent here
     error: str | None = None
     hint: str | None = None
@@ -533,7 +635,7 @@ class Negotiated:
     def __init__(self, assoc, batch: Batch):
         accepted = {cx.context_id: cx for cx in assoc.accepted_contexts}
         refused = {cx.context_id: cx.result for cx in assoc.rejected_contexts}
-        self.exact: dict[tuple[str, str], bool] = {}
+        self.exact: dict[tuple[str, str], int | None] = {}  # (SOP Class, syntax) -> accepted context ID
         self.convert: dict[str, str] = {}  # SOP Class -> the transfer syntax the peer chose
         self.refusals: dict[tuple[str, str | None], int | None] = {}
         self.proposed: dict[str, tuple[str, ...]] = {}  # SOP Class -> the conversion syntaxes proposed
@@ -541,7 +643,7 @@ class Negotiated:
             context_id = 2 * number + 1  # pynetdicom numbers contexts in the order proposed
             cx = accepted.get(context_id)
             if role == "exact":
-                self.exact[sop_class, syntaxes[0]] = cx is not None
+                self.exact[sop_class, syntaxes[0]] = context_id if cx is not None else None
                 if cx is None:
                     self.refusals[sop_class, syntaxes[0]] = refused.get(context_id)
             elif role == "convert":
@@ -552,13 +654,13 @@ class Negotiated:
                     self.refusals[sop_class, None] = refused.get(context_id)
 
     def route(self, item: Item, decompress: bool) -> Route:
-        source = UID(item.transfer_syntax)
-        if self.exact.get((item.sop_class, item.transfer_syntax)):
-            return Route(item.transfer_syntax)
+        context_id = self.exact.get((item.sop_class, item.transfer_syntax))
+        if context_id is not None:
+            return Route(item.transfer_syntax, context_id=context_id)
         target = self.convert.get(item.sop_class)
         if target is None:
             return self._refused(item)
-        if source.is_encapsulated:
+        if UID(item.transfer_syntax).is_encapsulated:
             return self._decompression(item, target, decompress)
         return Route(target, "converted")
 
@@ -640,6 +742,13 @@ def _to_little_endian(ds) -> None:
     ds.walk(swap)
 
 
+class SendCutShort(AssociationAborted):
+    """A file could not be read to its end once its C-STORE had begun; the association was aborted.
+
+    The file is to blame, not the peer: it fails alone and the others go on over a new association.
+    """
+
+
 def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, connection: Connection,
               msg_id: int) -> FileResult:
     """C-STORE one file (PS3.7 9.1.1); raise a NetworkError when the peer never answered."""
@@ -650,7 +759,7 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
     if route.conversion is None and not item.chunked:
         route = Route(route.syntax, "decoded")  # a raw dataset, or meta UIDs that contradict the dataset
     try:
-        payload = item.path if direct else prepare(item, route)
+        dataset = None if direct else prepare(item, route)
         _check_unchanged(item)
     except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
         verb = "read" if direct else VERBS[route.conversion]
@@ -658,14 +767,33 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
     assoc.dimse_timeout = connection.timeouts.dimse + item.size / SLOWEST_RATE
     started = time.monotonic()
     try:
-        rsp = assoc.send_c_store(payload, msg_id=msg_id)
-    except (ValueError, AttributeError) as exc:  # pynetdicom found no context, or the meta lacks a UID
+        answer = _store_from_disk(assoc, item, route, msg_id) if direct else _store_dataset(assoc, dataset, msg_id)
+    except (ValueError, AttributeError) as exc:  # pynetdicom found no context for the dataset, or no encoding
         return _failed(item, "not sent", str(exc))
+    except requests.MessageCutShort as exc:
+        raise SendCutShort(f"{item.path}: {exc.strerror}; the association was aborted mid-message",
+                           "send files only once they are complete") from exc
+    except OSError as exc:  # the file went away, or cannot be opened any more
+        return _failed(item, "cannot read the file", _exception_text(exc))
+    if answer is None:
+        raise _no_response(assoc, connection, item, time.monotonic() - started)
+    return _answered(item, *answer, route)
+
+
+def _store_from_disk(assoc, item: Item, route: Route, msg_id: int) -> tuple[int, str | None] | None:
+    """The file's dataset as it lies on disk: (status, error comment), or None without a response."""
+    rsp = requests.store_file(assoc, route.context_id, item.path, item.offset, item.sop_class, item.sop_instance,
+                              msg_id)
+    return None if rsp is None else (rsp.Status, rsp.ErrorComment)
+
+
+def _store_dataset(assoc, dataset, msg_id: int) -> tuple[int, str | None] | None:
+    """A decoded dataset, by pynetdicom: (status, error comment), or None without a response."""
+    try:
+        rsp = assoc.send_c_store(dataset, msg_id=msg_id)
     finally:
         assoc._reactor_checkpoint.set()  # send_c_store resumes the reactor itself, unless it raised
-    if "Status" not in rsp:
-        raise _no_response(assoc, connection, item, time.monotonic() - started)
-    return _answered(item, rsp, route)
+    return (rsp.Status, rsp.get("ErrorComment")) if "Status" in rsp else None
 
 
 def _check_unchanged(item: Item) -> None:
@@ -695,10 +823,10 @@ def _no_response(assoc, connection: Connection, item: Item, waited: float) -> Ne
                           "raise -td")
 
 
-def _answered(item: Item, rsp, route: Route) -> FileResult:
+def _answered(item: Item, status: int, error_comment: str | None, route: Route) -> FileResult:
     """PS3.4 B.2.3: success and warnings mean stored; anything else is a failure with the peer's words."""
-    code = int(rsp.Status)
-    comment = str(rsp.get("ErrorComment", "") or "") or None
+    code = int(status)
+    comment = str(error_comment or "") or None
     kind = statuses.category(code)
     outcome = STORED if code == statuses.SUCCESS else WARNING if kind == "Warning" else FAILED
     result = _result(item, outcome, syntax=route.syntax, conversion=route.conversion, status=code,
@@ -784,13 +912,16 @@ def send_batch(connection: Connection, batch: Batch, pending: collections.deque,
     A file the peer chokes on must not take the others down with it. Without retries, a file during
     which the peer sent an A-ABORT (PS3.8 7.3.1; DCMTK does so on a dataset it cannot parse) fails
     alone and the others go on over a new association. With retries, such a file is sent once more,
-    and fails alone when the association ends again while it is the first file of a fresh one.
+    and fails alone when the association ends again while it is the first file of a fresh one. A file
+    that became shorter while it was sent fails alone at once.
     """
     failures, suspect = 0, None
     while pending:
         attempt = Attempt()
         try:
             _associate_and_send(connection, batch, pending, options, emit, attempt)
+        except SendCutShort as exc:
+            emit("result", _failed(pending.popleft(), "the file changed while it was sent", exc.message, exc.hint))
         except NetworkError as exc:
             lost = pending[0] if attempt.established else None
             if lost is not None and _to_blame(lost, suspect, attempt, options):
@@ -818,7 +949,8 @@ def _to_blame(lost: Item, suspect: Item | None, attempt: Attempt, options: SendO
 
 def _associate_and_send(connection: Connection, batch: Batch, pending: collections.deque,
                         options: SendOptions, emit: Emit, attempt: Attempt) -> None:
-    with associate(connection, batch.contexts(), evt_handlers=[(evt.EVT_ACSE_RECV, attempt.watch)]) as assoc:
+    handlers = [(evt.EVT_ACSE_RECV, attempt.watch)]
+    with associate(connection, batch.contexts(), evt_handlers=handlers) as assoc, requests.sending(assoc):
         attempt.established = True
         emit("associated", None)
         bound_send_queue(assoc)
@@ -958,12 +1090,6 @@ def _configure_worker(level: int) -> None:
 
     verbose = 2 if level <= logging.DEBUG else 1 if level <= logging.INFO else 0
     logs.configure(verbose, level >= logging.ERROR)
-    configure_pynetdicom()
-
-
-def configure_pynetdicom() -> None:
-    """Send from files in pieces (notes/pynetdicom.md 2.3); the rest is :func:`ae.configure_libraries`."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 # --- the whole run --------------------------------------------------------------------------------------
@@ -990,7 +1116,6 @@ class StoreSCU:
         journal = Journal(self.options.journal, peer_key(self.connection)) if self.options.journal else None
         try:
             items = self._scan(sources, stdin, journal)
-            configure_pynetdicom()
             self._send(items, lambda kind, payload: self._handle(kind, payload, journal))
         finally:
             self.summary.seconds = time.monotonic() - started

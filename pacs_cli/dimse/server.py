@@ -23,9 +23,9 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu import P_DATA_TF as P_DATA_TF_PDU
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from pacs_cli.dimse import reactor, responses
+from pacs_cli.dimse import reactor
 from pacs_cli.dimse import tls as tls_contexts
-from pacs_cli.dimse.ae import make_ae, nodelay
+from pacs_cli.dimse.ae import RequestorAE, make_ae, nodelay
 from pacs_cli.errors import PacsError
 from pacs_cli.audit import AuditLog
 from pacs_cli.hooks import EventLog
@@ -223,8 +223,9 @@ class GuardedDUL(reactor.EventDrivenDUL):
 
     def _decode_pdu(self, bytestream):
         pdu, event = super()._decode_pdu(bytestream)
-        if self.max_object and isinstance(pdu, P_DATA_TF_PDU):
-            self._count_dataset(pdu)
+        if isinstance(pdu, P_DATA_TF_PDU):
+            self.check_pdvs([(item.presentation_context_id, item.presentation_data_value)
+                             for item in pdu.presentation_data_value_items])
         if isinstance(pdu, A_ASSOCIATE_RQ):
             problem = association_request_problem(pdu)
             if problem:
@@ -234,12 +235,12 @@ class GuardedDUL(reactor.EventDrivenDUL):
                 raise ValueError(problem)
         return pdu, event
 
-
-    def _count_dataset(self, pdu) -> None:
+    def check_pdvs(self, pdvs: list) -> None:
         """Refuse a dataset past ``max_object`` bytes while it arrives: received in chunks, an object
         costs no memory, but it can still fill the archive's disk; an A-ABORT ends it (PS3.8 9.3.8)."""
-        for item in pdu.presentation_data_value_items:
-            value = item.presentation_data_value
+        if not self.max_object:
+            return
+        for _, value in pdvs:
             if value[0] & 0x01:  # the message control header: a command fragment starts a new message
                 self._object_bytes = 0
                 continue
@@ -293,7 +294,6 @@ class PolicyRequestHandler(RequestHandler):
         assoc.dul.socket.__class__ = GuardedSocket
         reactor.install(assoc, dul_class=GuardedDUL)
         assoc.dul.max_object = self.server.max_object
-        responses.install(assoc)
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
         assoc.dul.socket.pdu_deadline = self.server.pdu_deadline
         return assoc
@@ -347,7 +347,7 @@ class Server:
     def __init__(self, listener: Listener, contexts, handlers, audit: AuditLog = NO_AUDIT):
         self.listener = listener
         self.audit = audit
-        self.ae: AE = make_ae(listener.ae_title, listener.timeouts)
+        self.ae: AE = make_ae(listener.ae_title, listener.timeouts, cls=RequestorAE)  # C-MOVE sub-associations as pacs's own
         self.ae.maximum_pdu_size = listener.max_pdu
         self.ae.maximum_associations = listener.max_associations
         ssl_context = tls_contexts.server_context(listener.tls) if listener.tls else None
@@ -388,8 +388,10 @@ class Server:
 
     def run(self, stats: Stats, limits: RunLimits, on_ready) -> None:
         """Serve until SIGTERM, Ctrl-C or a limit; then stop gracefully (KeyboardInterrupt re-raised)."""
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        # A list, not a threading.Event: the handler runs in the main thread, and Event.set() there can
+        # deadlock on the lock the interrupted Event.wait() holds (seen: a storescp deaf to SIGTERM).
+        stop: list[int] = []
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
         self.start()
         self.audit.application(started=True)
         host, port = self.address
@@ -397,8 +399,8 @@ class Server:
             _write_atomically(limits.ready_file, f"{host}:{port}\n")
         on_ready(host, port)
         try:
-            while not stop.wait(0.1) and not self._limit_reached(stats, limits):
-                pass
+            while not stop and not self._limit_reached(stats, limits):
+                time.sleep(0.1)
         finally:
             self.stop()
             self.audit.application(started=False)

@@ -71,6 +71,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     assoc.pacs_received = count
     if faults.abort_after is not None and count > faults.abort_after:
         log.warning("fault injection: aborting the association from %s after %d objects", calling, faults.abort_after)
+        archive.discard(Path(event.dataset_path))  # gone before the peer learns of the abort
         assoc.abort()
         return status_dataset(OUT_OF_RESOURCES)
     if faults.delay:

@@ -1,0 +1,368 @@
+"""P-DATA received without pynetdicom's per-message objects, and C-STORE requests staged as they arrive.
+
+Measured on ``pacs storescp`` receiving small objects, pynetdicom's receive path was the largest cost
+left: each P-DATA-TF PDU copied four times and built into a PDU object, a primitive and a state
+machine event; each C-STORE-RQ command set decoded with pydicom, its staged file's File Meta written
+with pydicom, every fragment flushed, and the request primitive built from the decoded dataset.
+
+In the data transfer state (Sta6) the DUL hands a P-DATA-TF PDU's body to :func:`split_pdvs` and
+the PDVs to :meth:`StagingDIMSE.receive_pdvs`. A one-fragment command that is a plain C-STORE-RQ
+(PS3.7 9.3.1.1) opens the staged file, whose dataset fragments are then written from the receive
+buffer itself, and a one-fragment C-STORE-RSP without error elements (a sender's answer, decoded
+with pydicom it cost a sender as much as the rest of its work per small object) goes straight to
+the queue the sender waits on. Every other message (and a C-STORE with anything unusual in its
+command set) is handed to pynetdicom as the P-DATA primitive it would have built, so it takes
+pynetdicom's own path.
+The staged file is what pynetdicom's chunked receive makes, byte for byte (tests/test_receive.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
+
+from pacs_cli.dimse.responses import LAST_COMMAND_FRAGMENT, FastResponseDIMSE, c_store_rsp_command
+
+LOGGER = logging.getLogger("pynetdicom.dimse")
+
+COMMAND, LAST = 0x01, 0x02  # PS3.8 E.2 message control header bits
+C_STORE_RQ_FIELD = 0x0001
+NO_DATASET = 0x0101
+_PDV_HEADER = struct.Struct(">LB")
+_ELEMENT = struct.Struct("<HHL")
+_US = struct.Struct("<H")
+
+# PS3.7 Tables 9.3-1 and 9.3-2: the elements of a C-STORE-RQ and of a plain C-STORE-RSP (no error
+# elements), by element number, with how each value is read.
+_UID, _AE, _NUMBER = "UI", "AE", "US"
+_ELEMENTS = {0x0002: ("AffectedSOPClassUID", _UID), 0x0100: ("CommandField", _NUMBER),
+             0x0110: ("MessageID", _NUMBER), 0x0120: ("MessageIDBeingRespondedTo", _NUMBER),
+             0x0700: ("Priority", _NUMBER), 0x0800: ("CommandDataSetType", _NUMBER),
+             0x0900: ("Status", _NUMBER), 0x1000: ("AffectedSOPInstanceUID", _UID),
+             0x1030: ("MoveOriginatorApplicationEntityTitle", _AE), 0x1031: ("MoveOriginatorMessageID", _NUMBER)}
+_REQUEST = {"fields": ("AffectedSOPClassUID", "CommandField", "MessageID", "Priority", "CommandDataSetType",
+                       "AffectedSOPInstanceUID", "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"),
+            "required": ("AffectedSOPClassUID", "AffectedSOPInstanceUID", "MessageID", "Priority",
+                         "CommandDataSetType")}
+_RESPONSE = {"fields": ("AffectedSOPClassUID", "CommandField", "MessageIDBeingRespondedTo", "CommandDataSetType",
+                        "Status", "AffectedSOPInstanceUID"),
+             "required": ("MessageIDBeingRespondedTo", "CommandDataSetType", "Status")}
+C_STORE_RSP_FIELD = 0x8001
+
+
+class MalformedPDU(ValueError):
+    """A P-DATA-TF PDU whose PDV items do not add up (PS3.8 9.3.5.1)."""
+
+
+def split_pdvs(body: memoryview) -> list[tuple[int, memoryview]]:
+    """The (presentation context ID, message control header + fragment) of each PDV item.
+
+    Slices of ``body``: nothing is copied. An item must hold at least its control header
+    (PS3.8 E.2) and end inside the PDU; pynetdicom rejects the same items (as Evt19).
+    """
+    pdvs, offset, end = [], 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            raise MalformedPDU("PDV item header cut short")
+        length, context_id = _PDV_HEADER.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            raise MalformedPDU(f"PDV item of {length} bytes in {end - offset} left")
+        pdvs.append((context_id, body[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return pdvs
+
+
+def command_fields(command: memoryview | bytes) -> dict | None:
+    """The C-STORE elements of a command set by keyword, or None if it holds anything else.
+
+    Command sets are Implicit VR Little Endian group 0000 (PS3.7 6.3.1). An element outside
+    Tables 9.3-1 and 9.3-2, a value of an unexpected length or non-ASCII text leaves the message to
+    pynetdicom, which knows how to complain about it.
+    """
+    fields, offset, end = {}, 0, len(command)
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _ELEMENT.unpack_from(command, offset)
+        value = bytes(command[offset + 8:offset + 8 + length])
+        offset += 8 + length
+        if group != 0 or offset > end:
+            return None
+        if element == 0x0000:
+            continue  # Command Group Length: the PDV's end bounds the command set already
+        keyword, kind = _ELEMENTS.get(element, (None, None))
+        if kind is _NUMBER and length == 2:
+            fields[keyword] = _US.unpack(value)[0]
+        elif kind is _UID or kind is _AE:
+            text = _ascii(value)
+            if text is None:
+                return None
+            fields[keyword] = text
+        else:
+            return None
+    return fields
+
+
+def parse_store_command(command: memoryview | bytes) -> dict | None:
+    """The fields of a plain C-STORE-RQ with a dataset (PS3.7 9.3.1.1), or None for anything else."""
+    fields = command_fields(command)
+    if (fields is None or fields.get("CommandField") != C_STORE_RQ_FIELD
+            or fields.get("CommandDataSetType") == NO_DATASET):
+        return None
+    return fields if _conforms(fields, _REQUEST) else None
+
+
+def parse_store_response(command: memoryview | bytes) -> dict | None:
+    """The fields of a C-STORE-RSP without error elements (PS3.7 9.3.1.2), or None for anything else."""
+    fields = command_fields(command)
+    if (fields is None or fields.get("CommandField") != C_STORE_RSP_FIELD
+            or fields.get("CommandDataSetType") != NO_DATASET):
+        return None
+    return fields if _conforms(fields, _RESPONSE) else None
+
+
+def _conforms(fields: dict, message: dict) -> bool:
+    return set(fields) <= set(message["fields"]) and all(key in fields for key in message["required"])
+
+
+def _ascii(value: bytes) -> str | None:
+    try:
+        return value.decode("ascii").strip("\x00 ")  # UI pads with NUL, AE with spaces (PS3.5 6.2)
+    except UnicodeDecodeError:
+        return None
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, prefix and File Meta group (PS3.10 7.1) as pynetdicom's chunked receive writes them."""
+    elements = b"".join((
+        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # File Meta Information Version
+        _meta_text(0x0002, "UI", sop_class_uid, b"\x00"),
+        _meta_text(0x0003, "UI", sop_instance_uid, b"\x00"),
+        _meta_text(0x0010, "UI", transfer_syntax, b"\x00"),
+        _meta_text(0x0012, "UI", PYNETDICOM_IMPLEMENTATION_UID, b"\x00"),
+        _meta_text(0x0013, "SH", PYNETDICOM_IMPLEMENTATION_VERSION, b" "),
+    ))
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<L", len(elements))
+    return b"\x00" * 128 + b"DICM" + group_length + elements
+
+
+def _meta_text(element: int, vr: str, text: str, pad: bytes) -> bytes:
+    value = str(text).encode("ascii")
+    if len(value) % 2:
+        value += pad
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(value)) + value
+
+
+def _staged_file(suffix: str = ".dcm"):
+    """A new file in the staging directory (``tempfile.tempdir``: the archive points it there)."""
+    folder = tempfile.gettempdir()
+    while True:
+        path = os.path.join(folder, f"tmp{os.urandom(8).hex()}{suffix}")
+        try:
+            return open(path, "xb")  # noqa: SIM115 - the message owns it until the handler's done
+        except FileExistsError:
+            continue
+
+
+class StagedStore:
+    """A C-STORE-RQ whose dataset is being received, into a staged file or, as pynetdicom keeps it
+    when its chunked receive is off (``pacs getscu``'s receiver), into memory.
+
+    It stands where pynetdicom keeps the message being received (``dimse.message``), with the
+    staged file where pynetdicom's chunked receive keeps its own, so abort clean-up finds it.
+    """
+
+    def __init__(self, fields: dict, context_id: int, transfer_syntax: str, chunked: bool) -> None:
+        self.fields = fields
+        self.context_id = context_id
+        self.data_set = BytesIO()
+        self._data_set_file = self._data_set_path = None
+        if chunked:
+            self._data_set_file = _staged_file()
+            self._data_set_path = Path(self._data_set_file.name)
+            self._data_set_file.write(file_meta(fields["AffectedSOPClassUID"], fields["AffectedSOPInstanceUID"],
+                                                transfer_syntax))
+
+    def write(self, fragment: memoryview) -> None:
+        (self._data_set_file or self.data_set).write(fragment)
+
+    def message_to_primitive(self) -> C_STORE:
+        """The request primitive, through pynetdicom's validating setters, as its decoder would."""
+        primitive = C_STORE()
+        for keyword in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+                        "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+            if keyword in self.fields:
+                setattr(primitive, keyword, self.fields[keyword])
+        primitive.DataSet = self.data_set
+        primitive._context_id = self.context_id
+        primitive._dataset_path = self._data_set_path
+        primitive._dataset_file = self._data_set_file
+        primitive._pacs_staged = True
+        return primitive
+
+
+class StagingDIMSE(FastResponseDIMSE):
+    """pynetdicom's DIMSE provider, taking PDVs straight from the DUL's receive buffer."""
+
+    def receive_pdvs(self, pdvs: list[tuple[int, memoryview]]) -> bool:
+        """Take one P-DATA-TF PDU's PDVs; False when the message is malformed (the DUL aborts)."""
+        for context_id, pdv in pdvs:
+            message = self.message
+            if isinstance(message, StagedStore):
+                if pdv[0] & COMMAND:
+                    return False  # a new command before the dataset's last fragment (PS3.7 6.3.1)
+                message.write(pdv[1:])
+                if pdv[0] & LAST and not self._queue_staged(message):
+                    return False
+            elif message is None and pdv[0] & (COMMAND | LAST) == COMMAND | LAST and self._take_command(context_id, pdv):
+                continue
+            else:
+                primitive = P_DATA()
+                primitive.presentation_data_value_list.append((context_id, bytes(pdv)))
+                self.receive_primitive(primitive)
+        return True
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """pynetdicom's DT-2 path (a PDU read while an event was queued) mid-way through a staged store."""
+        if not isinstance(self.message, StagedStore):
+            super().receive_primitive(primitive)
+        elif not self.receive_pdvs([(cid, memoryview(data)) for cid, data in primitive.presentation_data_value_list]):
+            self.dul.event_queue.put("Evt19")
+
+    def _take_command(self, context_id: int, pdv: memoryview) -> bool:
+        """A one-fragment command: a C-STORE-RQ starts staging, a plain C-STORE-RSP is queued at once;
+        False leaves the message to pynetdicom."""
+        context = self.assoc._accepted_cx.get(context_id)
+        if context is None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+            return False
+        fields = parse_store_command(pdv[1:])
+        if fields is not None:
+            self.message = StagedStore(fields, context_id, context.transfer_syntax[0],
+                                       _config.STORE_RECV_CHUNKED_DATASET)
+            return True
+        fields = parse_store_response(pdv[1:])
+        return fields is not None and self._queue_response(fields, context_id)
+
+    def _queue_response(self, fields: dict, context_id: int) -> bool:
+        """A sender's C-STORE-RSP, its primitive built through pynetdicom's setters; False when they refuse."""
+        primitive = C_STORE()
+        try:
+            for keyword in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
+                if keyword in fields:
+                    setattr(primitive, keyword, fields[keyword])
+        except Exception:  # noqa: BLE001 - pynetdicom decodes it and reports the fault its own way
+            return False
+        primitive._context_id = context_id
+        self.msg_queue.put((context_id, primitive))
+        return True
+
+    def _queue_staged(self, message: StagedStore) -> bool:
+        """The dataset is complete: hand the request to the association, as pynetdicom does."""
+        self.message = None
+        if message._data_set_file:
+            message._data_set_file.flush()
+        try:
+            primitive = message.message_to_primitive()
+        except Exception as exc:  # noqa: BLE001 - pynetdicom's setters raise ValueError, TypeError, ...
+            LOGGER.error("Received an invalid DIMSE message: %s", exc)
+            discard_staged(message._data_set_file)
+            return False
+        self.msg_queue.put((message.context_id, primitive))
+        return True
+
+
+def discard_staged(handle) -> None:
+    """Close and remove a chunked-receive file that no handler took.
+
+    pynetdicom removes it after a storage handler ran; when it refuses the request itself (an
+    unknown SOP class, a context never negotiated) or its DUL thread dies mid-message, the file
+    stays in the staging directory until the next start-up sweep.
+    """
+    if handle is None:
+        return
+    handle.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(handle.name)
+
+
+HANDLER_FAILED = 0xC211  # pynetdicom's answer when a C-STORE handler raises
+
+
+def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
+    """Run the C-STORE handler for a staged request and answer it; False leaves it to pynetdicom.
+
+    What pynetdicom's ``_serve_request`` and ``StorageServiceClass.SCP`` do for a C-STORE (PS3.4
+    B.2.3), without the response primitive built through validating setters and the status checked
+    against a dataset of its own, which measured as much as the archive's work per small object:
+    the handler bound to EVT_C_STORE runs with a non-blocking ``abort``, an exception answers
+    0xC211, and a plain status is answered with :func:`~pacs_cli.dimse.responses.c_store_rsp_command`.
+    Anything else (an error comment, a release under way, an extended negotiation that maps the
+    SOP class elsewhere) is pynetdicom's.
+    """
+    context = assoc._accepted_cx.get(context_id)
+    handlers = assoc.get_handlers(evt.EVT_C_STORE)
+    if (assoc._sent_release or context is None or not handlers or handlers[0] is None
+            or assoc.acceptor.accepted_common_extended
+            or uid_to_service_class(req.AffectedSOPClassUID) is not StorageServiceClass):
+        return False
+    assoc.dimse.cancel_req = {}
+    event = evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
+    handler, args = handlers
+    assoc.abort = assoc._abort_nonblocking  # the handler runs in the thread a blocking abort waits on
+    try:
+        status = handler(event, *args)
+    except Exception as exc:  # noqa: BLE001 - pynetdicom's rule: a handler's exception is 0xC211
+        LOGGER.error("Exception in handler bound to 'evt.EVT_C_STORE'")
+        LOGGER.exception(exc)
+        status = HANDLER_FAILED
+    finally:
+        assoc.abort = assoc._abort_blocking
+        discard_staged(req._dataset_file)
+    if assoc.is_established:
+        _answer(assoc, req, context_id, status)
+    return True
+
+
+def _answer(assoc, req: C_STORE, context_id: int, status) -> None:
+    code = _plain_status(status)
+    command = code is not None and c_store_rsp_command(req.AffectedSOPClassUID, req.MessageID, code,
+                                                       req.AffectedSOPInstanceUID)
+    limit = assoc.dimse.maximum_pdu_size
+    if not command or (limit and len(command) > limit - 6) or assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        rsp = C_STORE()
+        rsp.MessageID = rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        rsp = StorageServiceClass(assoc).validate_status(status, rsp)
+        assoc.dimse.send_msg(rsp, context_id)
+        return
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
+    assoc.dul.send_pdu(pdata)
+
+
+def _plain_status(status) -> int | None:
+    """The status code of a handler's answer with nothing but a known code, else None."""
+    if isinstance(status, Dataset):
+        if list(status.keys()) != [0x00000900]:
+            return None
+        status = status.Status
+    if isinstance(status, int) and status in StorageServiceClass.statuses:
+        return status
+    return None
+
+
+def install(assoc) -> None:
+    assoc.dimse.__class__ = StagingDIMSE

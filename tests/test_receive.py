@@ -1,0 +1,258 @@
+"""The direct P-DATA receive path (pacs_cli/dimse/receive.py) against pynetdicom's own decoders,
+and against a raw peer that bends every PDV detail it reads."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import create_file_meta, encode
+from pydicom.filewriter import write_file_meta_info
+
+import pdus
+from pacs_cli.dimse.receive import MalformedPDU, file_meta, parse_store_command, parse_store_response, split_pdvs
+from test_storescp import StoreSCP, make_file
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = ExplicitVRLittleEndian.encode()
+
+
+def pynetdicom_meta(sop_class: str, sop_instance: str, syntax: str) -> bytes:
+    """What pynetdicom's chunked receive writes before the dataset (dimse_messages.decode_msg)."""
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                                               transfer_syntax=syntax))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("sop_instance", ["1.2.3", "1.2.34", generate_uid(), "1." + "2" * 62])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"])
+def test_file_meta_is_byte_identical_to_pynetdicoms(sop_instance, syntax):
+    assert file_meta(CT_IMAGE, sop_instance, syntax) == pynetdicom_meta(CT_IMAGE, sop_instance, syntax)
+
+
+def store_command(originator: str | None = None, originator_id: int | None = None, sop_instance="1.2.3.4",
+                  message_id=7) -> bytes:
+    """A C-STORE-RQ command set as pynetdicom encodes it."""
+    primitive = C_STORE()
+    primitive.MessageID, primitive.Priority = message_id, 2
+    primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID = CT_IMAGE, sop_instance
+    primitive.MoveOriginatorApplicationEntityTitle = originator
+    primitive.MoveOriginatorMessageID = originator_id
+    primitive.DataSet = io.BytesIO(b"\x08\x00\x16\x00")
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("originator, originator_id", [(None, None), ("MOVER", 3), ("ODDLEN", 65535)])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.345", generate_uid()])
+def test_store_command_parsed_as_pynetdicom_decodes_it(originator, originator_id, sop_instance):
+    fields = parse_store_command(store_command(originator, originator_id, sop_instance))
+    expected = {"CommandField": 1, "MessageID": 7, "Priority": 2, "CommandDataSetType": 1,
+                "AffectedSOPClassUID": CT_IMAGE, "AffectedSOPInstanceUID": sop_instance}
+    if originator:
+        expected |= {"MoveOriginatorApplicationEntityTitle": originator, "MoveOriginatorMessageID": originator_id}
+    assert fields == expected
+
+
+def store_response(status: int, comment: str | None = None, sop_instance="1.2.3.4") -> bytes:
+    """A C-STORE-RSP command set as pynetdicom encodes it."""
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 7, status
+    primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID = CT_IMAGE, sop_instance
+    primitive.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0x0111])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.345"])
+def test_plain_store_response_parsed_as_pynetdicom_decodes_it(status, sop_instance):
+    assert parse_store_response(store_response(status, sop_instance=sop_instance)) == {
+        "CommandField": 0x8001, "MessageIDBeingRespondedTo": 7, "CommandDataSetType": 0x0101, "Status": status,
+        "AffectedSOPClassUID": CT_IMAGE, "AffectedSOPInstanceUID": sop_instance}
+
+
+def test_a_response_with_an_error_comment_or_a_request_is_not_a_plain_response():
+    assert parse_store_response(store_response(0xA700, "disk full")) is None
+    assert parse_store_response(store_command()) is None
+    assert parse_store_command(store_response(0)) is None
+
+
+def echo_command() -> bytes:
+    primitive = C_ECHO()
+    primitive.MessageID = 1
+    primitive.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    message = C_ECHO_RQ()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+def with_element(command: bytes, element: int, value: bytes) -> bytes:
+    """``command`` with one more group 0000 element (the group length is left as it was)."""
+    return command + struct.pack("<HHL", 0x0000, element, len(value)) + value
+
+
+@pytest.mark.parametrize("command", [
+    echo_command(),
+    with_element(store_command(), 0x0901, b"\x00\x00\x00\x00"),  # an element C-STORE-RQ does not have
+    store_command()[:-3],  # cut inside the last element
+    store_command().replace(b"\x00\x08\x02\x00\x00\x00\x01\x00", b"\x00\x08\x02\x00\x00\x00\x01\x01"),  # no dataset
+    store_command().replace(b"1.2.3.4", b"1.2.\xe9.4"),  # not ASCII
+], ids=["C-ECHO-RQ", "foreign element", "truncated", "no dataset", "non-ASCII UID"])
+def test_anything_but_a_plain_store_command_is_left_to_pynetdicom(command):
+    assert parse_store_command(command) is None
+
+
+def pdv(context_id: int, control: int, payload: bytes) -> bytes:
+    return struct.pack(">LB", len(payload) + 2, context_id) + bytes([control]) + payload
+
+
+def test_split_pdvs_slices_every_item_without_copying():
+    body = bytearray(pdv(1, 3, b"cmd") + pdv(3, 0, b"data" * 10) + pdv(3, 2, b""))
+    pdvs = split_pdvs(memoryview(body))
+    assert [(cid, bytes(value)) for cid, value in pdvs] == [(1, b"\x03cmd"), (3, b"\x00" + b"data" * 10), (3, b"\x02")]
+    assert all(value.obj is body for _, value in pdvs)
+
+
+@pytest.mark.parametrize("body", [
+    struct.pack(">LB", 1, 1) + pdv(1, 3, b"abc"),  # no room for the message control header
+    struct.pack(">LB", 0, 1) + pdv(1, 3, b"abc"),
+    pdv(1, 3, b"abc")[:-1],  # runs past the PDU
+    pdv(1, 3, b"abc") + b"\x00\x00",  # a trailing stub of an item header
+], ids=["length 1", "length 0", "overrun", "stub"])
+def test_malformed_pdv_items_are_refused(body):
+    with pytest.raises(MalformedPDU):
+        split_pdvs(memoryview(body))
+
+
+# --- a raw peer ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def scp(tmp_path):
+    server = StoreSCP(tmp_path, "--host", "127.0.0.1", "-ta", "5")
+    yield server
+    server.proc.stop()
+
+
+def p_data(*items: bytes) -> bytes:
+    body = b"".join(items)
+    return struct.pack(">BBL", 0x04, 0, len(body)) + body
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = recv_exactly(sock, 6)
+    kind, _, length = struct.unpack(">BBL", header)
+    return kind, recv_exactly(sock, length)
+
+
+def recv_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def associated(port: int) -> socket.socket:
+    """A connection with context 1 accepted for CT Image Storage in Explicit VR Little Endian."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(pdus.associate_rq([pdus.presentation_context(1, CT_IMAGE.encode(), [EXPLICIT_LE])]))
+    kind, _ = read_pdu(sock)
+    assert kind == 0x02  # A-ASSOCIATE-AC
+    return sock
+
+
+def store_status(sock: socket.socket) -> int:
+    kind, body = read_pdu(sock)
+    assert kind == 0x04, f"expected a P-DATA-TF with the C-STORE-RSP, got PDU type 0x{kind:02X}"
+    fields = {}
+    command = split_pdvs(memoryview(body))[0][1][1:]
+    offset = 0
+    while offset < len(command):
+        _, element, length = struct.unpack_from("<HHL", command, offset)
+        fields[element] = bytes(command[offset + 8:offset + 8 + length])
+        offset += 8 + length
+    return struct.unpack("<H", fields[0x0900])[0]
+
+
+def release(sock: socket.socket) -> None:
+    sock.sendall(struct.pack(">BBL", 0x05, 0, 4) + bytes(4))
+    assert read_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+    sock.close()
+
+
+def dataset_bytes(path: Path) -> tuple[str, bytes]:
+    """The SOP Instance UID and the bytes after the File Meta group of a Part 10 file."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    raw = path.read_bytes()
+    offset = 132 + 12 + struct.unpack_from("<L", raw, 140)[0]
+    return ds.SOPInstanceUID, raw[offset:]
+
+
+def test_fragments_across_pdus_and_pdvs_are_stored_byte_identical(scp, tmp_path):
+    """One command in two fragments (pynetdicom's path), then one in one fragment (the direct one),
+    datasets cut into PDVs of odd sizes, several PDVs in one PDU."""
+    sources = [make_file(tmp_path / f"{i}.dcm", rows=64) for i in range(2)]
+    sock = associated(scp.port)
+    for number, source in enumerate(sources, 1):
+        uid, data = dataset_bytes(source)
+        command = store_command(sop_instance=uid, message_id=number)
+        if number == 1:
+            sock.sendall(p_data(pdv(1, 1, command[:20]), pdv(1, 3, command[20:])))
+        else:
+            sock.sendall(p_data(pdv(1, 3, command)))
+        pieces = [data[i:i + 1001] for i in range(0, len(data), 1001)]
+        for start in range(0, len(pieces), 3):
+            batch = pieces[start:start + 3]
+            last = start + 3 >= len(pieces)
+            sock.sendall(p_data(*(pdv(1, 2 if last and i == len(batch) - 1 else 0, piece)
+                                  for i, piece in enumerate(batch))))
+        assert store_status(sock) == 0x0000
+    release(sock)
+    stored = {dataset_bytes(path) for path in scp.files()}
+    assert stored == {dataset_bytes(path) for path in sources}
+    assert len(scp.rows()) == 2
+    for path in scp.files():
+        uid, _ = dataset_bytes(path)
+        assert path.read_bytes().startswith(pynetdicom_meta(CT_IMAGE, uid, ExplicitVRLittleEndian))
+    assert scp.staging_leftovers() == []
+
+
+@pytest.mark.parametrize("bad_pdu", [
+    p_data(struct.pack(">LB", 1, 1) + pdv(1, 3, store_command())),
+    p_data(pdv(1, 3, store_command())[:-2]),
+], ids=["PDV without control header", "PDV overrunning the PDU"])
+def test_malformed_p_data_is_answered_with_an_a_abort(scp, bad_pdu):
+    sock = associated(scp.port)
+    sock.sendall(bad_pdu)
+    assert read_pdu(sock)[0] == 0x07  # A-ABORT (PS3.8 9.3.8, AA-8 for an invalid PDU)
+    sock.close()
+    _, err = scp.stop()
+    assert "Traceback" not in err
+
+
+def test_a_new_command_before_the_dataset_ends_aborts_and_leaves_nothing(scp, tmp_path):
+    """PS3.7 6.3.1: a message's fragments are not interleaved; the half-received object is removed."""
+    source = make_file(tmp_path / "a.dcm", rows=64)
+    uid, data = dataset_bytes(source)
+    sock = associated(scp.port)
+    sock.sendall(p_data(pdv(1, 3, store_command(sop_instance=uid)), pdv(1, 0, data[:500])))
+    sock.sendall(p_data(pdv(1, 3, store_command(sop_instance=generate_uid()))))
+    assert read_pdu(sock)[0] == 0x07
+    sock.close()
+    _, err = scp.stop()
+    assert "Traceback" not in err
+    assert scp.rows() == [] and scp.staging_leftovers() == []
