@@ -161,30 +161,35 @@ def main(argv: list[str] | None = None) -> int:
             result.other_cpu_s = max(0.0, (machine_cpu_seconds() - machine_before) - (own_cpu_seconds() - own_before))
             results.append(result)
             ctx.say(f"{name} done in {result.seconds:.0f} s")
+            # after every case, so an interrupted full run keeps what it measured
+            write_results(args.name, info, ctx, cases, results, time.perf_counter() - started, argv)
     finally:
         seconds = time.perf_counter() - started
         if args.keep:
             print(f"kept the work directory {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote bench/results/{args.name}.md and .json in {seconds / 60:.1f} minutes", file=sys.stderr)
+    return 1 if any(r.failures for r in results) else 0
 
+
+def write_results(name: str, info: dict, ctx, cases: list[str], results: list, seconds: float, argv) -> None:
+    """The report so far: the cases measured, in the order run."""
     lines = header(info, ctx, cases, seconds, argv)
+    if len(results) < len(cases):
+        lines += [f"**Incomplete: {len(results)} of {len(cases)} cases measured** (the run was in progress "
+                  "or interrupted).", ""]
     for result in results:
         busy = result.other_cpu_s / result.seconds / (os.cpu_count() or 1) * 100 if result.seconds else 0
         lines += ["", f"## {result.title}", "", *result.lines, "",
                   f"_({result.name}: {result.seconds:.0f} s; other processes on the machine used "
                   f"{result.other_cpu_s:.0f} CPU-seconds meanwhile, {busy:.0f}% of its cores)_"]
     RESULTS.mkdir(exist_ok=True)
-    md, js = RESULTS / f"{args.name}.md", RESULTS / f"{args.name}.json"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    write_json(js, {"argv": argv, "machine": info, "plan": asdict(ctx.plan), "runs": ctx.runs,
-                    "seconds": round(seconds, 1),
-                    "cases": {r.name: {"title": r.title, "seconds": round(r.seconds, 1),
-                           "other_cpu_s": round(r.other_cpu_s, 1),
-                           "failures": r.failures,
-                                       **r.raw} for r in results}})
-    print(f"wrote {md} and {js} in {seconds / 60:.1f} minutes", file=sys.stderr)
-    return 1 if any(r.failures for r in results) else 0
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(RESULTS / f"{name}.json", {
+        "argv": argv, "machine": info, "plan": asdict(ctx.plan), "runs": ctx.runs, "seconds": round(seconds, 1),
+        "cases": {r.name: {"title": r.title, "seconds": round(r.seconds, 1), "other_cpu_s": round(r.other_cpu_s, 1),
+                           "failures": r.failures, **r.raw} for r in results}})
 
 
 if __name__ == "__main__":

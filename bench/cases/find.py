@@ -15,7 +15,7 @@ Three ways to ask:
 
 * one process per query: ``pacs find HOST PORT`` (and DCMTK's ``findscu`` against dcmqrscp), spawn to
   exit, so start-up and one association are in every figure: what a script calling the tool sees;
-* one association, many queries: pynetdicom in the bench process (TCP_NODELAY on its socket) sends the
+* one association, many queries: pacs's requestor AE in the bench process (event-driven, TCP_NODELAY) sends the
   queries one after another on one association; the time from sending a query to its final response;
 * no network: ``pacs find --db INDEX``, one process per query, reading the index directly.
 
@@ -32,7 +32,6 @@ made by ``pacs index``, next to it: those rows are the like-for-like comparison.
 from __future__ import annotations
 
 import calendar
-import socket
 import sqlite3
 import sys
 import time
@@ -145,23 +144,23 @@ def process_latencies(ctx: Context, argv: list, count: int, base: Path, expect: 
 
 
 class Session:
-    """One association from this process (pynetdicom), for many queries in a row."""
+    """One association from this process for many queries in a row, through pacs's requestor AE
+    (event-driven, TCP_NODELAY): the same client against every server."""
 
     def __init__(self, port: int, called_aet: str):
         import logging
 
-        from pynetdicom import AE
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        from pacs_cli.dimse.ae import RequestorAE
 
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
         self.model = FIND
-        ae = AE(ae_title="BENCH")
+        ae = RequestorAE(ae_title="BENCH")
         ae.add_requested_context(FIND)
         self.assoc = ae.associate(HOST, port, ae_title=called_aet)
         if not self.assoc.is_established:
             raise BenchError(f"no association with {called_aet} on port {port}")
-        # pynetdicom leaves Nagle on; a query would then wait for the peer's delayed ACK.
-        self.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def query(self, keyword: str, value: str) -> tuple[float, int]:
         """Milliseconds from sending the query to its final response, and the number of matches."""
@@ -172,7 +171,6 @@ class Session:
         for k in RETURN_KEYS:
             setattr(ds, k, "")
         setattr(ds, keyword, value)
-        self._park_reactor()
         matches = 0
         started = time.perf_counter()
         for status, identifier in self.assoc.send_c_find(ds, self.model):
@@ -184,22 +182,7 @@ class Session:
                 raise BenchError(f"C-FIND failed with status 0x{status.Status:04X}")
         return (time.perf_counter() - started) * 1000, matches
 
-    def _park_reactor(self) -> None:
-        """Work around a race in pynetdicom 3.0.4 that drops C-FIND responses on a reused association.
-
-        send_c_find() pauses the association's reactor thread by clearing an event and waiting for the
-        reactor's ``_is_paused`` flag; but the flag still reads True for a moment after the reactor has
-        passed the (set) event, and the reactor then takes the first response off the queue, logs
-        "Received unexpected C-FIND service message" and drops it: about 1 query in 300 here, against
-        dcmqrscp and pacs alike. Parking the reactor first, outside the timed section, closes the window.
-        """
-        self.assoc._reactor_checkpoint.clear()
-        time.sleep(0.005)  # longer than one reactor iteration (a 1 ms sleep): it now waits on the event
-        while not self.assoc._is_paused:
-            time.sleep(0.0005)
-
     def close(self) -> None:
-        self.assoc._reactor_checkpoint.set()
         self.assoc.release()
 
 
@@ -361,7 +344,7 @@ def report(ctx: Context, case: str, dbs: dict, raw: dict, failures: list[str]) -
     for method, heading, what in (
         ("process", "One process per query (spawn to exit, one association each)",
          f"{plan.find_process_queries} queries per run: `pacs find HOST PORT` / DCMTK `findscu`"),
-        ("session", "One association, queries in a row (pynetdicom in the bench process)",
+        ("session", "One association, queries in a row (pacs's requestor AE in the bench process)",
          f"{plan.find_session_queries} queries per run on one association, time to the final response"),
         ("local", "No network: `pacs find --db INDEX`, one process per query",
          f"{plan.find_process_queries} queries per run"),
