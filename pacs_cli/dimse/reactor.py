@@ -212,7 +212,6 @@ class EventDrivenDUL(DULServiceProvider):
     def _takes_pdata_directly(self) -> bool:
         assoc = self.assoc
         return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
-                and isinstance(assoc.dimse, receive.StagingDIMSE)
                 and not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(evt.EVT_PDU_RECV))
 
     def _receive_pdata(self, body: memoryview) -> None:

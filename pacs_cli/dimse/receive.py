@@ -33,7 +33,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from pacs_cli.dimse.responses import LAST_COMMAND_FRAGMENT, FastResponseDIMSE, c_store_rsp_command
+from pacs_cli.dimse.requests import text_value, ui_value
+from pacs_cli.dimse.responses import FastResponseDIMSE
 
 LOGGER = logging.getLogger("pynetdicom.dimse")
 
@@ -148,20 +149,17 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
     """Preamble, prefix and File Meta group (PS3.10 7.1) as pynetdicom's chunked receive writes them."""
     elements = b"".join((
         b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # File Meta Information Version
-        _meta_text(0x0002, "UI", sop_class_uid, b"\x00"),
-        _meta_text(0x0003, "UI", sop_instance_uid, b"\x00"),
-        _meta_text(0x0010, "UI", transfer_syntax, b"\x00"),
-        _meta_text(0x0012, "UI", PYNETDICOM_IMPLEMENTATION_UID, b"\x00"),
-        _meta_text(0x0013, "SH", PYNETDICOM_IMPLEMENTATION_VERSION, b" "),
+        _meta_element(0x0002, "UI", ui_value(sop_class_uid)),
+        _meta_element(0x0003, "UI", ui_value(sop_instance_uid)),
+        _meta_element(0x0010, "UI", ui_value(transfer_syntax)),
+        _meta_element(0x0012, "UI", ui_value(PYNETDICOM_IMPLEMENTATION_UID)),
+        _meta_element(0x0013, "SH", text_value(PYNETDICOM_IMPLEMENTATION_VERSION)),
     ))
     group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<L", len(elements))
     return b"\x00" * 128 + b"DICM" + group_length + elements
 
 
-def _meta_text(element: int, vr: str, text: str, pad: bytes) -> bytes:
-    value = str(text).encode("ascii")
-    if len(value) % 2:
-        value += pad
+def _meta_element(element: int, vr: str, value: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(value)) + value
 
 
@@ -174,6 +172,17 @@ def _staged_file(suffix: str = ".dcm"):
             return open(path, "xb")  # noqa: SIM115 - the message owns it until the handler's done
         except FileExistsError:
             continue
+
+
+def store_primitive(fields: dict, context_id: int) -> C_STORE:
+    """A C-STORE primitive from parsed command fields, each set through pynetdicom's validating setter
+    as its ``message_to_primitive`` does (fields the primitive has no parameter for are left out)."""
+    primitive = C_STORE()
+    for keyword, value in fields.items():
+        if hasattr(primitive, keyword):
+            setattr(primitive, keyword, value)
+    primitive._context_id = context_id
+    return primitive
 
 
 class StagedStore:
@@ -200,13 +209,8 @@ class StagedStore:
 
     def message_to_primitive(self) -> C_STORE:
         """The request primitive, through pynetdicom's validating setters, as its decoder would."""
-        primitive = C_STORE()
-        for keyword in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
-                        "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
-            if keyword in self.fields:
-                setattr(primitive, keyword, self.fields[keyword])
+        primitive = store_primitive(self.fields, self.context_id)
         primitive.DataSet = self.data_set
-        primitive._context_id = self.context_id
         primitive._dataset_path = self._data_set_path
         primitive._dataset_file = self._data_set_file
         primitive._pacs_staged = True
@@ -257,14 +261,10 @@ class StagingDIMSE(FastResponseDIMSE):
 
     def _queue_response(self, fields: dict, context_id: int) -> bool:
         """A sender's C-STORE-RSP, its primitive built through pynetdicom's setters; False when they refuse."""
-        primitive = C_STORE()
         try:
-            for keyword in ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-                if keyword in fields:
-                    setattr(primitive, keyword, fields[keyword])
+            primitive = store_primitive(fields, context_id)
         except Exception:  # noqa: BLE001 - pynetdicom decodes it and reports the fault its own way
             return False
-        primitive._context_id = context_id
         self.msg_queue.put((context_id, primitive))
         return True
 
@@ -307,7 +307,7 @@ def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
     B.2.3), without the response primitive built through validating setters and the status checked
     against a dataset of its own, which measured as much as the archive's work per small object:
     the handler bound to EVT_C_STORE runs with a non-blocking ``abort``, an exception answers
-    0xC211, and a plain status is answered with :func:`~pacs_cli.dimse.responses.c_store_rsp_command`.
+    0xC211, and a plain status is answered as bytes (``FastResponseDIMSE.send_store_response``).
     Anything else (an error comment, a release under way, an extended negotiation that maps the
     SOP class elsewhere) is pynetdicom's.
     """
@@ -337,20 +337,14 @@ def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
 
 def _answer(assoc, req: C_STORE, context_id: int, status) -> None:
     code = _plain_status(status)
-    command = code is not None and c_store_rsp_command(req.AffectedSOPClassUID, req.MessageID, code,
-                                                       req.AffectedSOPInstanceUID)
-    limit = assoc.dimse.maximum_pdu_size
-    if not command or (limit and len(command) > limit - 6) or assoc.get_handlers(evt.EVT_DIMSE_SENT):
-        rsp = C_STORE()
-        rsp.MessageID = rsp.MessageIDBeingRespondedTo = req.MessageID
-        rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
-        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-        rsp = StorageServiceClass(assoc).validate_status(status, rsp)
-        assoc.dimse.send_msg(rsp, context_id)
+    if code is not None and assoc.dimse.send_store_response(context_id, req.AffectedSOPClassUID, req.MessageID,
+                                                            code, req.AffectedSOPInstanceUID):
         return
-    pdata = P_DATA()
-    pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
-    assoc.dul.send_pdu(pdata)
+    rsp = C_STORE()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = req.MessageID
+    rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
+    rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+    assoc.dimse.send_msg(StorageServiceClass(assoc).validate_status(status, rsp), context_id)
 
 
 def _plain_status(status) -> int | None:

@@ -47,15 +47,15 @@ class MessageCutShort(OSError):
 def c_store_rq_command(primitive: C_STORE) -> bytes:
     """The command set of a C-STORE-RQ, Implicit VR Little Endian, in tag order (PS3.7 E.1-1, 9.3.1.1)."""
     elements = [
-        _element(0x0002, _ui(primitive.AffectedSOPClassUID)),
+        _element(0x0002, ui_value(primitive.AffectedSOPClassUID)),
         _US.pack(0x0000, 0x0100, 2, C_STORE_RQ),
         _US.pack(0x0000, 0x0110, 2, primitive.MessageID),
         _US.pack(0x0000, 0x0700, 2, primitive.Priority),
         _US.pack(0x0000, 0x0800, 2, DATASET_PRESENT),
-        _element(0x1000, _ui(primitive.AffectedSOPInstanceUID)),
+        _element(0x1000, ui_value(primitive.AffectedSOPInstanceUID)),
     ]
     if primitive.MoveOriginatorApplicationEntityTitle is not None:
-        elements.append(_element(0x1030, _ae(primitive.MoveOriginatorApplicationEntityTitle)))
+        elements.append(_element(0x1030, text_value(primitive.MoveOriginatorApplicationEntityTitle)))
     if primitive.MoveOriginatorMessageID is not None:
         elements.append(_US.pack(0x0000, 0x1031, 2, primitive.MoveOriginatorMessageID))
     body = b"".join(elements)
@@ -66,14 +66,16 @@ def _element(element: int, value: bytes) -> bytes:
     return _HEADER.pack(0x0000, element, len(value)) + value
 
 
-def _ui(uid) -> bytes:
+def ui_value(uid) -> bytes:
+    """A UI value as encoded: padded with NUL to an even length (PS3.5 6.2)."""
     value = str(uid).encode("ascii")
-    return value + b"\x00" if len(value) % 2 else value  # PS3.5 6.2: UI is padded with NUL to even length
+    return value + b"\x00" if len(value) % 2 else value
 
 
-def _ae(title: str) -> bytes:
-    value = title.encode("ascii")
-    return value + b" " if len(value) % 2 else value  # PS3.5 6.2: AE is padded with a space
+def text_value(text: str) -> bytes:
+    """An AE, SH or other text value as encoded: padded with a space to an even length (PS3.5 6.2)."""
+    value = str(text).encode("ascii")
+    return value + b" " if len(value) % 2 else value
 
 
 def is_file_request(primitive) -> bool:

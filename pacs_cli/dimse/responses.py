@@ -43,9 +43,7 @@ def c_store_rsp_command(sop_class_uid, message_id: int, status: int, sop_instanc
 
 
 def _ui(element: int, uid) -> bytes:
-    value = str(uid).encode("ascii")
-    if len(value) % 2:
-        value += b"\x00"  # UI values are padded with NUL to an even length (PS3.5 6.2)
+    value = requests.ui_value(uid)
     return struct.pack("<HHL", 0x0000, element, len(value)) + value
 
 
@@ -63,16 +61,22 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         if requests.is_file_request(primitive) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             requests.send_file_request(self, primitive, context_id)  # a sender's C-STORE-RQ from a file
             return
-        command = (c_store_rsp_command(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
-                                       primitive.Status, primitive.AffectedSOPInstanceUID)
-                   if self._fast(primitive) else None)
-        limit = self.maximum_pdu_size
-        if command is None or (limit and len(command) > limit - 6):  # pynetdicom's one-fragment rule
+        if not (is_plain_store_response(primitive) and self.send_store_response(
+                context_id, primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                primitive.Status, primitive.AffectedSOPInstanceUID)):
             super().send_msg(primitive, context_id)
-            return
+
+    def send_store_response(self, context_id: int, sop_class_uid, message_id: int, status: int,
+                            sop_instance_uid) -> bool:
+        """Send a plain C-STORE-RSP as bytes; False (nothing sent) when pynetdicom must send it:
+        DIMSE logging at -vv needs its message object, and a command must fit one PDU."""
+        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            return False
+        command = c_store_rsp_command(sop_class_uid, message_id, status, sop_instance_uid)
+        limit = self.maximum_pdu_size
+        if limit and len(command) > limit - 6:  # pynetdicom's one-fragment rule
+            return False
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
         self.dul.send_pdu(pdata)
-
-    def _fast(self, primitive) -> bool:
-        return is_plain_store_response(primitive) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        return True
