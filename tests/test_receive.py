@@ -11,16 +11,17 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
 from pydicom.filewriter import write_file_meta_info
 
 import pdus
-from pacs_cli.dimse.receive import MalformedPDU, file_meta, parse_store_command, parse_store_response, split_pdvs
+from pacs_cli.dimse.receive import MalformedPDU, file_meta, parse_response, parse_store_command, split_pdvs
 from test_storescp import StoreSCP, make_file
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 EXPLICIT_LE = ExplicitVRLittleEndian.encode()
 
 
@@ -78,14 +79,14 @@ def store_response(status: int, comment: str | None = None, sop_instance="1.2.3.
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0x0111])
 @pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.345"])
 def test_plain_store_response_parsed_as_pynetdicom_decodes_it(status, sop_instance):
-    assert parse_store_response(store_response(status, sop_instance=sop_instance)) == {
+    assert parse_response(store_response(status, sop_instance=sop_instance)) == {
         "CommandField": 0x8001, "MessageIDBeingRespondedTo": 7, "CommandDataSetType": 0x0101, "Status": status,
         "AffectedSOPClassUID": CT_IMAGE, "AffectedSOPInstanceUID": sop_instance}
 
 
 def test_a_response_with_an_error_comment_or_a_request_is_not_a_plain_response():
-    assert parse_store_response(store_response(0xA700, "disk full")) is None
-    assert parse_store_response(store_command()) is None
+    assert parse_response(store_response(0xA700, "disk full")) is None
+    assert parse_response(store_command()) is None
     assert parse_store_command(store_response(0)) is None
 
 
@@ -256,3 +257,27 @@ def test_a_new_command_before_the_dataset_ends_aborts_and_leaves_nothing(scp, tm
     _, err = scp.stop()
     assert "Traceback" not in err
     assert scp.rows() == [] and scp.staging_leftovers() == []
+
+
+def find_response(status: int, identifier: bool, comment: str | None = None) -> bytes:
+    """A C-FIND-RSP command set as pynetdicom encodes it."""
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 9, status
+    primitive.AffectedSOPClassUID = STUDY_ROOT_FIND
+    primitive.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ") if identifier else None
+    primitive.ErrorComment = comment
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("status,identifier,data_set_type", [(0xFF00, True, 0x0001), (0x0000, False, 0x0101),
+                                                             (0xFE00, False, 0x0101)])
+def test_find_response_parsed_as_pynetdicom_decodes_it(status, identifier, data_set_type):
+    assert parse_response(find_response(status, identifier)) == {
+        "CommandField": 0x8020, "MessageIDBeingRespondedTo": 9, "CommandDataSetType": data_set_type,
+        "Status": status, "AffectedSOPClassUID": STUDY_ROOT_FIND}
+
+
+def test_a_find_response_with_an_error_comment_is_left_to_pynetdicom():
+    assert parse_response(find_response(0xA700, False, "too many matches")) is None

@@ -152,9 +152,10 @@ class Session:
 
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-        from pacs_cli.dimse.ae import RequestorAE
+        from pacs_cli.dimse.ae import RequestorAE, configure_libraries
 
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+        configure_libraries()  # as every pacs command does: no identifier dumps, no value validation
         self.model = FIND
         ae = RequestorAE(ae_title="BENCH")
         ae.add_requested_context(FIND)

@@ -51,6 +51,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, gen
 from pacs_cli.archive import matching
 from pacs_cli.archive.index import Index
 from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY, UNIQUE_KEYS
+from pacs_cli.dimse import encoding
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.status import status_dataset
 from pacs_cli.dimse.identifiers import NUMBER_VRS, Key, Text, build_identifier, key_texts, merge, parse_keys
@@ -186,6 +187,31 @@ def answers(index: Index, request: Request) -> Iterator[Dataset]:
 
 def response(request: Request, row: dict[str, str]) -> Dataset:
     """The response identifier for one row: every requested key, filled or zero length."""
+    character_set, elements = _response_elements(request, row)
+    ds = Dataset()
+    if character_set:
+        ds.SpecificCharacterSet = character_set  # set first: values are encoded with it
+    for tag, vr, value in elements:
+        value = Sequence() if vr == "SQ" else None if value == "" and vr in NUMBER_VRS else value
+        ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
+    return ds
+
+
+def encoded_response(request: Request, row: dict[str, str], implicit: bool) -> bytes | None:
+    """:func:`response` as its encoded bytes, without pydicom; None when only pydicom can encode it."""
+    character_set, elements = _response_elements(request, row)
+    codec = "ascii"
+    if character_set:
+        codec = "utf-8" if character_set == [UTF8] else "ascii"
+        elements = sorted([(SPECIFIC_CHARACTER_SET, "CS", "\\".join(character_set)), *elements])
+    return encoding.flat_dataset(elements, implicit, codec)
+
+
+def _response_elements(request: Request, row: dict[str, str]) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """(Specific Character Set values or [], the (tag, VR, text) of every other element in tag order).
+
+    The character set is ``ISO_IR 192`` when any value is not ASCII, else the request's own, if any.
+    """
     elements = {}
     for key in request.keys:
         if key.tag == SPECIFIC_CHARACTER_SET or key.tag >> 16 < 0x0008:  # groups 0000-0007 are no data
@@ -194,19 +220,12 @@ def response(request: Request, row: dict[str, str]) -> Dataset:
             elements[key.tag] = (key.vr, request.level)
             continue
         column = matching.column_for(key.keyword)
-        value = row.get(column.keyword, "") if column is not None else ""
-        elements[key.tag] = (key.vr, Sequence() if key.vr == "SQ" else value)
+        value = row.get(column.keyword, "") if column is not None and key.vr != "SQ" else ""
+        elements[key.tag] = (key.vr, value)
     unique = UNIQUE_KEYS[request.level]
     elements.setdefault(tag_for_keyword(unique.keyword), (unique.vr, row.get(unique.keyword, "")))
-    ds = Dataset()
-    if any(isinstance(v, str) and not v.isascii() for _, v in elements.values()):
-        ds.SpecificCharacterSet = UTF8  # set first: values are encoded with it
-    elif request.character_set:
-        ds.SpecificCharacterSet = request.character_set  # ASCII fits the request's own repertoire
-    for tag, (vr, value) in sorted(elements.items()):
-        value = None if value == "" and vr in NUMBER_VRS else value  # binary numbers: empty is None
-        ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
-    return ds
+    character_set = [UTF8] if any(not value.isascii() for _, value in elements.values()) else request.character_set
+    return character_set, [(tag, vr, value) for tag, (vr, value) in sorted(elements.items())]
 
 
 def combined_datetime_agreed(assoc, model: Model) -> bool:
@@ -269,9 +288,16 @@ def _request(event, model: Model) -> Request:
 
 
 def _matches(event, index: Index, request: Request, options: QueryOptions, outcome: dict):
-    """Pending responses read from the cursor; C-CANCEL and --max-results checked between rows."""
+    """Pending responses read from the cursor; C-CANCEL and --max-results checked between rows.
+
+    Each is sent as bytes when it can be (:class:`~pacs_cli.dimse.responses.PendingResponses`), else
+    yielded to pynetdicom as a dataset; either way in order, through the same send queue.
+    """
+    from pacs_cli.dimse.responses import PendingResponses
+
+    pending = PendingResponses(event)
     limit = options.max_results
-    for ds in answers(index, request):
+    for row in index.find(request.query):
         wait_for_the_network(event.assoc)
         if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
             outcome["status"] = CANCEL
@@ -282,7 +308,8 @@ def _matches(event, index: Index, request: Request, options: QueryOptions, outco
             yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
             return
         outcome["matches"] += 1
-        yield PENDING, ds
+        if pending.implicit is None or not pending.send(encoded_response(request, row, pending.implicit)):
+            yield PENDING, response(request, row)
     outcome["status"] = SUCCESS
 
 
@@ -292,13 +319,22 @@ def wait_for_the_network(assoc, queued: int = MAX_QUEUED_PDUS) -> None:
     pynetdicom queues every response without limit, and its DUL thread reads the socket only when it
     has nothing left to send (dul.py ``run_reactor``: send *or* receive per loop). A handler that
     outpaces the network would hold the whole result set in memory and leave a C-CANCEL unread until
-    all of it was sent. Keeping the queue short keeps memory bounded and the C-CANCEL prompt.
+    all of it was sent. Keeping the queue short keeps memory bounded and the C-CANCEL prompt. The
+    event-driven DUL (:mod:`~pacs_cli.dimse.reactor`) signals each PDU it sends; pynetdicom's own is
+    polled.
     """
-    pending = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    dul = getattr(assoc, "dul", None)
+    pending = getattr(dul, "to_provider_queue", None)
     if pending is None:
         return
+    sent = getattr(dul, "state_changed", None)
     while pending.qsize() > queued and assoc.is_established:
-        time.sleep(0.0005)
+        if sent is None:
+            time.sleep(0.0005)
+            continue
+        sent.clear()
+        if pending.qsize() > queued:
+            sent.wait(0.01)
 
 
 def _record(outcome: dict, calling: str, model: Model | None, events) -> None:

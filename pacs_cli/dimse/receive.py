@@ -10,7 +10,9 @@ the PDVs to :meth:`StagingDIMSE.receive_pdvs`. A one-fragment command that is a 
 (PS3.7 9.3.1.1) opens the staged file, whose dataset fragments are then written from the receive
 buffer itself, and a one-fragment C-STORE-RSP without error elements (a sender's answer, decoded
 with pydicom it cost a sender as much as the rest of its work per small object) goes straight to
-the queue the sender waits on. Every other message (and a C-STORE with anything unusual in its
+the queue the sender waits on, as does a C-FIND-RSP without error elements, its identifier kept as
+received (a C-FIND SCU's answer per match: pynetdicom's decoding was most of ``pacs find``'s CPU per
+match). Every other message (and a C-STORE with anything unusual in its
 command set) is handed to pynetdicom as the P-DATA primitive it would have built, so it takes
 pynetdicom's own path.
 The staged file is what pynetdicom's chunked receive makes, byte for byte (tests/test_receive.py).
@@ -28,12 +30,12 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from pacs_cli.dimse.requests import text_value, ui_value
+from pacs_cli.dimse.encoding import element, text_value, ui_value
 from pacs_cli.dimse.responses import FastResponseDIMSE
 
 LOGGER = logging.getLogger("pynetdicom.dimse")
@@ -60,7 +62,10 @@ _REQUEST = {"fields": ("AffectedSOPClassUID", "CommandField", "MessageID", "Prio
 _RESPONSE = {"fields": ("AffectedSOPClassUID", "CommandField", "MessageIDBeingRespondedTo", "CommandDataSetType",
                         "Status", "AffectedSOPInstanceUID"),
              "required": ("MessageIDBeingRespondedTo", "CommandDataSetType", "Status")}
-C_STORE_RSP_FIELD = 0x8001
+C_STORE_RSP_FIELD, C_FIND_RSP_FIELD = 0x8001, 0x8020
+# The responses taken here, by Command Field: their primitive, and whether an identifier may follow.
+# A C-FIND-RSP (PS3.7 9.3.2.2) has the fields of a C-STORE-RSP but the SOP Instance UID.
+_RESPONSES = {C_STORE_RSP_FIELD: (C_STORE, False), C_FIND_RSP_FIELD: (C_FIND, True)}
 
 
 class MalformedPDU(ValueError):
@@ -125,11 +130,16 @@ def parse_store_command(command: memoryview | bytes) -> dict | None:
     return fields if _conforms(fields, _REQUEST) else None
 
 
-def parse_store_response(command: memoryview | bytes) -> dict | None:
-    """The fields of a C-STORE-RSP without error elements (PS3.7 9.3.1.2), or None for anything else."""
+def parse_response(command: memoryview | bytes) -> dict | None:
+    """The fields of a C-STORE-RSP (PS3.7 9.3.1.2) or C-FIND-RSP (9.3.2.2) without error elements, or
+    None for anything else. Only a C-FIND-RSP may announce a dataset (its identifier)."""
     fields = command_fields(command)
-    if (fields is None or fields.get("CommandField") != C_STORE_RSP_FIELD
-            or fields.get("CommandDataSetType") != NO_DATASET):
+    if fields is None or fields.get("CommandField") not in _RESPONSES:
+        return None
+    primitive_class, identifier = _RESPONSES[fields["CommandField"]]
+    if fields.get("CommandDataSetType") != NO_DATASET and not identifier:
+        return None
+    if primitive_class is C_FIND and "AffectedSOPInstanceUID" in fields:
         return None
     return fields if _conforms(fields, _RESPONSE) else None
 
@@ -149,18 +159,14 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
     """Preamble, prefix and File Meta group (PS3.10 7.1) as pynetdicom's chunked receive writes them."""
     elements = b"".join((
         b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # File Meta Information Version
-        _meta_element(0x0002, "UI", ui_value(sop_class_uid)),
-        _meta_element(0x0003, "UI", ui_value(sop_instance_uid)),
-        _meta_element(0x0010, "UI", ui_value(transfer_syntax)),
-        _meta_element(0x0012, "UI", ui_value(PYNETDICOM_IMPLEMENTATION_UID)),
-        _meta_element(0x0013, "SH", text_value(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        element(0x00020002, "UI", ui_value(sop_class_uid), implicit=False),
+        element(0x00020003, "UI", ui_value(sop_instance_uid), implicit=False),
+        element(0x00020010, "UI", ui_value(transfer_syntax), implicit=False),
+        element(0x00020012, "UI", ui_value(PYNETDICOM_IMPLEMENTATION_UID), implicit=False),
+        element(0x00020013, "SH", text_value(PYNETDICOM_IMPLEMENTATION_VERSION), implicit=False),
     ))
     group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<L", len(elements))
     return b"\x00" * 128 + b"DICM" + group_length + elements
-
-
-def _meta_element(element: int, vr: str, value: bytes) -> bytes:
-    return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(value)) + value
 
 
 def _staged_file(suffix: str = ".dcm"):
@@ -174,10 +180,10 @@ def _staged_file(suffix: str = ".dcm"):
             continue
 
 
-def store_primitive(fields: dict, context_id: int) -> C_STORE:
-    """A C-STORE primitive from parsed command fields, each set through pynetdicom's validating setter
-    as its ``message_to_primitive`` does (fields the primitive has no parameter for are left out)."""
-    primitive = C_STORE()
+def store_primitive(fields: dict, context_id: int, primitive_class=C_STORE):
+    """A C-STORE (or other) primitive from parsed command fields, each set through pynetdicom's
+    validating setter as its ``message_to_primitive`` does (fields it has no parameter for are left out)."""
+    primitive = primitive_class()
     for keyword, value in fields.items():
         if hasattr(primitive, keyword):
             setattr(primitive, keyword, value)
@@ -217,6 +223,26 @@ class StagedStore:
         return primitive
 
 
+class BufferedResponse:
+    """A C-FIND-RSP whose identifier is being received, kept in memory as pynetdicom keeps it."""
+
+    def __init__(self, fields: dict, context_id: int) -> None:
+        self.fields = fields
+        self.context_id = context_id
+        self.data_set = BytesIO()
+
+    def write(self, fragment: memoryview) -> None:
+        self.data_set.write(fragment)
+
+    def message_to_primitive(self) -> C_FIND:
+        primitive = store_primitive(self.fields, self.context_id, C_FIND)
+        primitive.Identifier = BytesIO(self.data_set.getvalue())
+        return primitive
+
+
+_BUFFERED = (StagedStore, BufferedResponse)  # messages whose dataset is taken here, fragment by fragment
+
+
 class StagingDIMSE(FastResponseDIMSE):
     """pynetdicom's DIMSE provider, taking PDVs straight from the DUL's receive buffer."""
 
@@ -224,11 +250,11 @@ class StagingDIMSE(FastResponseDIMSE):
         """Take one P-DATA-TF PDU's PDVs; False when the message is malformed (the DUL aborts)."""
         for context_id, pdv in pdvs:
             message = self.message
-            if isinstance(message, StagedStore):
+            if isinstance(message, _BUFFERED):
                 if pdv[0] & COMMAND:
                     return False  # a new command before the dataset's last fragment (PS3.7 6.3.1)
                 message.write(pdv[1:])
-                if pdv[0] & LAST and not self._queue_staged(message):
+                if pdv[0] & LAST and not self._queue_buffered(message):
                     return False
             elif message is None and pdv[0] & (COMMAND | LAST) == COMMAND | LAST and self._take_command(context_id, pdv):
                 continue
@@ -240,14 +266,14 @@ class StagingDIMSE(FastResponseDIMSE):
 
     def receive_primitive(self, primitive: P_DATA) -> None:
         """pynetdicom's DT-2 path (a PDU read while an event was queued) mid-way through a staged store."""
-        if not isinstance(self.message, StagedStore):
+        if not isinstance(self.message, _BUFFERED):
             super().receive_primitive(primitive)
         elif not self.receive_pdvs([(cid, memoryview(data)) for cid, data in primitive.presentation_data_value_list]):
             self.dul.event_queue.put("Evt19")
 
     def _take_command(self, context_id: int, pdv: memoryview) -> bool:
-        """A one-fragment command: a C-STORE-RQ starts staging, a plain C-STORE-RSP is queued at once;
-        False leaves the message to pynetdicom."""
+        """A one-fragment command: a C-STORE-RQ starts staging, a C-FIND-RSP with an identifier starts
+        buffering, a response without one is queued at once; False leaves the message to pynetdicom."""
         context = self.assoc._accepted_cx.get(context_id)
         if context is None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
             return False
@@ -256,28 +282,35 @@ class StagingDIMSE(FastResponseDIMSE):
             self.message = StagedStore(fields, context_id, context.transfer_syntax[0],
                                        _config.STORE_RECV_CHUNKED_DATASET)
             return True
-        fields = parse_store_response(pdv[1:])
-        return fields is not None and self._queue_response(fields, context_id)
+        fields = parse_response(pdv[1:])
+        if fields is None:
+            return False
+        if fields["CommandDataSetType"] != NO_DATASET:
+            self.message = BufferedResponse(fields, context_id)
+            return True
+        return self._queue_response(fields, context_id)
 
     def _queue_response(self, fields: dict, context_id: int) -> bool:
-        """A sender's C-STORE-RSP, its primitive built through pynetdicom's setters; False when they refuse."""
+        """A response without a dataset, its primitive built through pynetdicom's setters; False when
+        they refuse."""
         try:
-            primitive = store_primitive(fields, context_id)
+            primitive = store_primitive(fields, context_id, _RESPONSES[fields["CommandField"]][0])
         except Exception:  # noqa: BLE001 - pynetdicom decodes it and reports the fault its own way
             return False
         self.msg_queue.put((context_id, primitive))
         return True
 
-    def _queue_staged(self, message: StagedStore) -> bool:
-        """The dataset is complete: hand the request to the association, as pynetdicom does."""
+    def _queue_buffered(self, message: StagedStore | BufferedResponse) -> bool:
+        """The dataset is complete: hand the message to the association, as pynetdicom does."""
         self.message = None
-        if message._data_set_file:
-            message._data_set_file.flush()
+        staged = getattr(message, "_data_set_file", None)
+        if staged:
+            staged.flush()
         try:
             primitive = message.message_to_primitive()
         except Exception as exc:  # noqa: BLE001 - pynetdicom's setters raise ValueError, TypeError, ...
             LOGGER.error("Received an invalid DIMSE message: %s", exc)
-            discard_staged(message._data_set_file)
+            discard_staged(staged)
             return False
         self.msg_queue.put((message.context_id, primitive))
         return True

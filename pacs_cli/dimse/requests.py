@@ -20,13 +20,14 @@ the PDUs against pynetdicom's encoder.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+
+from pacs_cli.dimse.encoding import command_set, command_text, command_ui, command_us
 
 C_STORE_RQ = 0x0001
 LOW = 0x0002  # PS3.7 9.1.1.1: the Priority pynetdicom's send_c_store gives by default
@@ -35,9 +36,6 @@ DATASET_PRESENT = 0x0001  # PS3.7 Table E.1-1: anything but 0x0101 means a datas
 DATA, COMMAND, LAST = 0x00, 0x01, 0x02
 PDV_OVERHEAD = 6  # PS3.8 9.3.5.1: item length (4), context ID (1), message control header (1)
 READ_BYTES = 1 << 18  # dataset bytes read per system call: the fragments of several PDUs at once
-_UL = struct.Struct("<HHLL")
-_US = struct.Struct("<HHLH")
-_HEADER = struct.Struct("<HHL")
 
 
 class MessageCutShort(OSError):
@@ -47,35 +45,18 @@ class MessageCutShort(OSError):
 def c_store_rq_command(primitive: C_STORE) -> bytes:
     """The command set of a C-STORE-RQ, Implicit VR Little Endian, in tag order (PS3.7 E.1-1, 9.3.1.1)."""
     elements = [
-        _element(0x0002, ui_value(primitive.AffectedSOPClassUID)),
-        _US.pack(0x0000, 0x0100, 2, C_STORE_RQ),
-        _US.pack(0x0000, 0x0110, 2, primitive.MessageID),
-        _US.pack(0x0000, 0x0700, 2, primitive.Priority),
-        _US.pack(0x0000, 0x0800, 2, DATASET_PRESENT),
-        _element(0x1000, ui_value(primitive.AffectedSOPInstanceUID)),
+        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_us(0x0100, C_STORE_RQ),
+        command_us(0x0110, primitive.MessageID),
+        command_us(0x0700, primitive.Priority),
+        command_us(0x0800, DATASET_PRESENT),
+        command_ui(0x1000, primitive.AffectedSOPInstanceUID),
     ]
     if primitive.MoveOriginatorApplicationEntityTitle is not None:
-        elements.append(_element(0x1030, text_value(primitive.MoveOriginatorApplicationEntityTitle)))
+        elements.append(command_text(0x1030, primitive.MoveOriginatorApplicationEntityTitle))
     if primitive.MoveOriginatorMessageID is not None:
-        elements.append(_US.pack(0x0000, 0x1031, 2, primitive.MoveOriginatorMessageID))
-    body = b"".join(elements)
-    return _UL.pack(0x0000, 0x0000, 4, len(body)) + body
-
-
-def _element(element: int, value: bytes) -> bytes:
-    return _HEADER.pack(0x0000, element, len(value)) + value
-
-
-def ui_value(uid) -> bytes:
-    """A UI value as encoded: padded with NUL to an even length (PS3.5 6.2)."""
-    value = str(uid).encode("ascii")
-    return value + b"\x00" if len(value) % 2 else value
-
-
-def text_value(text: str) -> bytes:
-    """An AE, SH or other text value as encoded: padded with a space to an even length (PS3.5 6.2)."""
-    value = str(text).encode("ascii")
-    return value + b" " if len(value) % 2 else value
+        elements.append(command_us(0x1031, primitive.MoveOriginatorMessageID))
+    return command_set(*elements)
 
 
 def is_file_request(primitive) -> bool:
@@ -109,11 +90,12 @@ def send_file_request(dimse, primitive: C_STORE, context_id: int) -> None:
             raise MessageCutShort(exc.errno, exc.strerror or str(exc)) from exc
 
 
-def command_pdvs(command: bytes, limit: int) -> Iterator[bytes]:
-    """The PDV values of a command set: message control header (PS3.8 E.2), then the fragment."""
-    size = limit - PDV_OVERHEAD if limit else len(command)
-    for start in range(0, len(command), size):
-        yield bytes((COMMAND | LAST if start + size >= len(command) else COMMAND,)) + command[start:start + size]
+def command_pdvs(command: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:
+    """The PDV values of a command set (or of a dataset in memory, ``kind`` DATA): message control
+    header (PS3.8 E.2), then the fragment; an empty part is one last, empty fragment."""
+    size = limit - PDV_OVERHEAD if limit else max(len(command), 1)
+    for start in range(0, max(len(command), 1), size):
+        yield bytes((kind | LAST if start + size >= len(command) else kind,)) + command[start:start + size]
 
 
 def dataset_pdvs(file, length: int, limit: int) -> Iterator[bytearray]:
