@@ -6,12 +6,15 @@ import struct
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
-from pacs_cli.dimse.responses import c_find_rsp_command, c_store_rsp_command, is_plain_store_response, message_pdus
+from pacs_cli.dimse.responses import (
+    c_find_rsp_command, c_retrieve_rsp_command, c_store_rsp_command, is_plain_retrieve_response,
+    is_plain_store_response, message_pdus,
+)
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
@@ -112,3 +115,29 @@ def test_message_pdus_fit_the_peers_limit(limit, dataset_size, expected_pdus):
     assert len(pdus) == expected_pdus
     assert all(len(pdu) - 6 <= limit for pdu in pdus) or not limit
     assert reassembled(pdus) == (command, dataset)
+
+
+@pytest.mark.parametrize("primitive_class,message_class", [(C_MOVE, C_MOVE_RSP), (C_GET, C_GET_RSP)])
+@pytest.mark.parametrize("status,counts", [(0xFF00, (499, 1, 0, 0)), (0x0000, (None, 500, 0, 0)),
+                                           (0xB000, (0, 498, 1, 1)), (0xFE00, (3, 2, None, None))])
+def test_retrieve_response_command_matches_pynetdicoms_encoder(primitive_class, message_class, status, counts):
+    primitive = primitive_class()
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 11, status
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
+     primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations) = counts
+    assert is_plain_retrieve_response(primitive)
+    message = message_class()
+    message.primitive_to_message(primitive)
+    assert c_retrieve_rsp_command(primitive) == encode(message.command_set, True, True)
+
+
+def test_retrieve_responses_with_an_identifier_or_a_comment_take_pynetdicoms_path():
+    primitive = C_MOVE()
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 11, 0xA702
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+    primitive.ErrorComment = "destination unknown"
+    assert not is_plain_retrieve_response(primitive)
+    primitive.ErrorComment = None
+    primitive.Identifier = BytesIO(b"\x08\x00\x58\x00\x04\x00\x00\x001.2\x00")
+    assert not is_plain_retrieve_response(primitive)

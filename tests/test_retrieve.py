@@ -277,12 +277,14 @@ def test_no_query_turns_retrieve_off(tmp_path):
 
 
 def test_move_contexts_are_at_most_128():
+    from pacs_cli.archive.index import InstanceRow
     from pacs_cli.dimse.retrieve import move_contexts
 
-    rows = [(str(n), f"1.2.3.{n}", "1.2.840.10008.1.2.1", "x") for n in range(200)]
+    rows = [InstanceRow(str(n), f"1.2.3.{n}", "1.2.840.10008.1.2.1", "x", "P", "1.2") for n in range(200)]
     contexts = move_contexts(rows)
     assert len(contexts) == 128
-    same_class = [(str(n), "1.2.3", ts, "x") for n, ts in enumerate(["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])]
+    same_class = [InstanceRow(str(n), "1.2.3", ts, "x", "P", "1.2")
+                  for n, ts in enumerate(["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])]
     assert [cx.transfer_syntax for cx in move_contexts(same_class)] == [
         ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"], ["1.2.840.10008.1.2.4.50"]]
 
@@ -431,7 +433,7 @@ def test_the_handler_yields_stand_ins_and_reads_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pydicom.filereader, "read_partial", read_partial)
     requestor = SimpleNamespace(ae_title="GETTER", address_info=SimpleNamespace(address="127.0.0.1"))
-    assoc = SimpleNamespace(requestor=requestor, bind=lambda *_: None, unbind=lambda *_: None)  # no responses here
+    assoc = SimpleNamespace(requestor=requestor, dimse=SimpleNamespace(send_msg=None))  # no responses here
     event = SimpleNamespace(assoc=assoc,
                             request=SimpleNamespace(AffectedSOPClassUID=GET_MODELS["study"].uid),
                             identifier=identifier("STUDY", StudyInstanceUID=study), is_cancelled=False)

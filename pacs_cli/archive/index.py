@@ -29,6 +29,7 @@ import datetime
 import sqlite3
 import threading
 import weakref
+from typing import NamedTuple
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,6 +171,34 @@ class _Connection(sqlite3.Connection):
     """A connection :class:`Index` can keep in a WeakSet: sqlite3's own take no weak references."""
 
 
+class _ThreadConnection:
+    """One thread's connection, closed when the thread ends and its thread-local values go.
+
+    The holder is in no reference cycle, so it goes at once, where the connection itself (whose
+    statement cache is a cycle) would wait for a garbage collection with its descriptor open. That
+    covers threads that never call :meth:`Index.release_thread`: a DUL thread that served a store.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __del__(self):
+        self.conn.close()
+
+
+class InstanceRow(NamedTuple):
+    """One instance a C-MOVE or C-GET sends: its file, and the patient and study the audit names."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    patient_id: str
+    study_instance_uid: str
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """What the instances row says about the file itself."""
@@ -206,15 +235,15 @@ class Index:
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"the index {self.path} is closed")
-            conn = self._connect()
-            self._local.conn = conn
+            holder = _ThreadConnection(self._connect())
+            self._local.holder = holder
             with self._guard:
-                self._open.add(conn)
-        return conn
+                self._open.add(holder.conn)
+        return holder.conn
 
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False only so close() may close connections of finished threads;
@@ -248,13 +277,13 @@ class Index:
         association ends, and the opener closes its own after migrating, so the descriptors of a
         busy server come back down when it goes idle.
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
             return
-        self._local.conn = None
+        self._local.holder = None
         with self._guard:
-            self._open.discard(conn)
-        conn.close()
+            self._open.discard(holder.conn)
+        holder.conn.close()
 
     def open_connections(self) -> int:
         """How many connections are open (threads that ended have closed theirs)."""
@@ -342,16 +371,15 @@ class Index:
         finally:
             cursor.close()
 
-    def instances(self, query: matching.Query) -> list[tuple[str, str, str, str]]:
-        """Every instance at or below the entities ``query`` matches, as (sop_instance_uid,
-        sop_class_uid, transfer_syntax_uid, path), in the order they were stored: what a C-MOVE or
-        C-GET sends. A list, not a stream: the SCP needs the count and the presentation contexts
-        before the first sub-operation (PS3.4 C.4.2.3), and the rows are small.
+    def instances(self, query: matching.Query) -> list[InstanceRow]:
+        """Every instance at or below the entities ``query`` matches, in the order they were stored:
+        what a C-MOVE or C-GET sends. A list, not a stream: the SCP needs the count and the
+        presentation contexts before the first sub-operation (PS3.4 C.4.2.3), and the rows are small.
         """
         conn = self._query_connection()
-        sql = (f"SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.path FROM {_FROM_ALL} "
-               f"WHERE {query.where} ORDER BY i.pk")
-        return [tuple(row) for row in conn.execute(sql, query.params)]
+        sql = (f"SELECT i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.path, p.patient_id, "
+               f"st.study_instance_uid FROM {_FROM_ALL} WHERE {query.where} ORDER BY i.pk")
+        return [InstanceRow(*row) for row in conn.execute(sql, query.params)]
 
     def _query_connection(self) -> sqlite3.Connection:
         """This thread's connection, with the SQL functions C-FIND matching calls (TM/DT, PN groups).
@@ -431,11 +459,11 @@ class Writer:
         empty one keeps it; the instance row is replaced whole. A study (series) whose new instance
         names another patient (study) moves there, and the old parent is settled.
         """
-        moves = self._moves
-        patient_pk, _ = self._upsert(PATIENT, values, None, None)
-        study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk)
-        series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk)
-        new_instance = self._upsert_instance(values, file, series_pk)
+        moves, now = self._moves, _now()
+        patient_pk, _ = self._upsert(PATIENT, values, None, None, now)
+        study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk, now)
+        series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now)
+        new_instance = self._upsert_instance(values, file, series_pk, now)
         if new_instance and self._moves == moves:
             self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series)
         else:
@@ -470,7 +498,8 @@ class Writer:
             "number_of_patient_related_instances = number_of_patient_related_instances + 1 WHERE pk = ?",
             (int(new_study), int(new_series), patient_pk))
 
-    def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None) -> tuple[int, bool]:
+    def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None,
+                now: str) -> tuple[int, bool]:
         """The row's pk, and whether it was created."""
         table = schema.TABLES[level]
         keys = [c for c in schema.columns_of(level, "dataset") if c.key == "U"]
@@ -481,7 +510,7 @@ class Writer:
         columns = _value_columns(level, values)
         if parent_column:
             columns[parent_column] = parent_pk
-        columns["updated_at"] = _now()
+        columns["updated_at"] = now
         row = self.conn.execute(f"SELECT pk{', ' + parent_column if parent_column else ''} FROM {table} "
                                 f"WHERE {where}", key_values).fetchone()
         if row is None:
@@ -497,11 +526,11 @@ class Writer:
         self.conn.execute(f"UPDATE {table} SET {assignments} WHERE pk = ?", [*columns.values(), row[0]])
         return row[0], False
 
-    def _upsert_instance(self, values, file: FileInfo, series_pk: int) -> bool:
+    def _upsert_instance(self, values, file: FileInfo, series_pk: int, now: str) -> bool:
         """Insert or replace the instance row; True if it is new."""
         columns = _value_columns(IMAGE, values)
         columns.update(series_pk=series_pk, path=file.path, size=file.size, mtime_ns=file.mtime_ns,
-                       received_at=_now(), calling_aet=file.calling_aet, source=file.source)
+                       received_at=now, calling_aet=file.calling_aet, source=file.source)
         old = self.conn.execute("SELECT pk, series_pk FROM instances WHERE sop_instance_uid = ?",
                                 (columns["sop_instance_uid"],)).fetchone()
         names = list(columns)

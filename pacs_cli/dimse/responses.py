@@ -7,7 +7,8 @@ A plain C-STORE-RSP (PS3.7 9.3.1.2: the two UIDs, the message ID, a status, no o
 a fixed run of Implicit VR Little Endian elements; :class:`FastResponseDIMSE` writes those bytes and
 hands them to pynetdicom's P-DATA primitive and DUL as pynetdicom would. A pending C-FIND-RSP
 (9.3.2.2) is the same command for every match of a query (:class:`PendingResponses`); its identifier
-comes encoded from :func:`pacs_cli.dimse.find.encoded_response`. A sender's C-STORE-RQ from a file
+comes encoded from :func:`pacs_cli.dimse.find.encoded_response`. A C-GET or C-MOVE response without an
+identifier (the pending one after each sub-operation) is likewise a fixed run of elements. A sender's C-STORE-RQ from a file
 goes out through :mod:`~pacs_cli.dimse.requests` the same way. Anything else (a response with an Error
 Comment, other requests, DIMSE logging at -vv) takes pynetdicom's own path. The bytes are checked
 against pynetdicom's encoder in tests/test_responses.py and tests/test_requests.py.
@@ -18,13 +19,17 @@ from __future__ import annotations
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_cli.dimse import requests
 from pacs_cli.dimse.encoding import command_set, command_ui, command_us
 
 C_STORE_RSP, C_FIND_RSP = 0x8001, 0x8020
+RETRIEVE_RSP_FIELDS = {C_GET: 0x8010, C_MOVE: 0x8021}
+# PS3.7 Tables 9.3-5 and 9.3-6: the sub-operation counts of a C-GET-RSP and C-MOVE-RSP, in tag order.
+SUB_OPERATION_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"), (0x1021, "NumberOfCompletedSuboperations"),
+                        (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
 NO_DATASET = 0x0101
 LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command, last fragment
 OPTIONAL_KEYWORDS = ("ErrorComment", "ErrorID", "OffendingElement")
@@ -52,6 +57,28 @@ def c_find_rsp_command(sop_class_uid, message_id: int, status: int, identifier: 
         command_us(0x0800, requests.DATASET_PRESENT if identifier else NO_DATASET),
         command_us(0x0900, status),
     )
+
+
+def c_retrieve_rsp_command(primitive: C_GET | C_MOVE) -> bytes:
+    """The command set of a C-GET-RSP or C-MOVE-RSP without an identifier or error elements (PS3.7
+    9.3.3.2, 9.3.4.2): a pending response after each sub-operation, or a final one without failures."""
+    counts = [command_us(number, getattr(primitive, keyword)) for number, keyword in SUB_OPERATION_COUNTS
+              if getattr(primitive, keyword) is not None]
+    return command_set(
+        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_us(0x0100, RETRIEVE_RSP_FIELDS[type(primitive)]),
+        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
+        command_us(0x0800, NO_DATASET),
+        command_us(0x0900, primitive.Status),
+        *counts,
+    )
+
+
+def is_plain_retrieve_response(primitive) -> bool:
+    return (type(primitive) in RETRIEVE_RSP_FIELDS and primitive.MessageIDBeingRespondedTo is not None
+            and primitive.Status is not None and primitive.AffectedSOPClassUID is not None
+            and primitive.Identifier is None
+            and all(getattr(primitive, keyword, None) is None for keyword in OPTIONAL_KEYWORDS))
 
 
 class PendingResponses:
@@ -89,24 +116,34 @@ def is_plain_store_response(primitive) -> bool:
 
 
 class FastResponseDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider, sending plain C-STORE responses from :func:`c_store_rsp_command`."""
+    """pynetdicom's DIMSE provider, sending plain C-STORE, C-GET and C-MOVE responses as bytes."""
 
     def send_msg(self, primitive, context_id: int) -> None:
         if requests.is_file_request(primitive) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             requests.send_file_request(self, primitive, context_id)  # a sender's C-STORE-RQ from a file
             return
-        if not (is_plain_store_response(primitive) and self.send_store_response(
-                context_id, primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
-                primitive.Status, primitive.AffectedSOPInstanceUID)):
+        if is_plain_store_response(primitive):
+            sent = self.send_store_response(context_id, primitive.AffectedSOPClassUID,
+                                            primitive.MessageIDBeingRespondedTo, primitive.Status,
+                                            primitive.AffectedSOPInstanceUID)
+        else:
+            sent = is_plain_retrieve_response(primitive) and self.send_command(
+                context_id, c_retrieve_rsp_command(primitive))
+        if not sent:
             super().send_msg(primitive, context_id)
 
     def send_store_response(self, context_id: int, sop_class_uid, message_id: int, status: int,
                             sop_instance_uid) -> bool:
         """Send a plain C-STORE-RSP as bytes; False (nothing sent) when pynetdicom must send it:
         DIMSE logging at -vv needs its message object, and a command must fit one PDU."""
+        return self.send_command(context_id, c_store_rsp_command(sop_class_uid, message_id, status,
+                                                                 sop_instance_uid))
+
+    def send_command(self, context_id: int, command: bytes) -> bool:
+        """Send a message of an encoded command set alone; False (nothing sent) at -vv or when the
+        command does not fit one PDU, as above."""
         if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             return False
-        command = c_store_rsp_command(sop_class_uid, message_id, status, sop_instance_uid)
         limit = self.maximum_pdu_size
         if limit and len(command) > limit - 6:  # pynetdicom's one-fragment rule
             return False

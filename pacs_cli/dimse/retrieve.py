@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, UID
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
@@ -158,37 +159,67 @@ def handle_get(event, archive, events=None, audit=None):
         _audit_end(audit, requestor, requestor, outcome, counts)
 
 
+class _SendWatch:
+    """Runs ``before(primitive)`` ahead of every message this association sends, while started.
+
+    The handler runs in the association's own thread, so wrapping this association's
+    ``dimse.send_msg`` (an instance attribute over the class's method) while the handler is active
+    touches nothing else. Watches stack: each wraps what was there and puts it back when it stops.
+    """
+
+    def __init__(self, assoc, before):
+        self.dimse = assoc.dimse
+        self._before = before
+        self._previous = None
+
+    def start(self) -> None:
+        self._previous = self.dimse.__dict__.get("send_msg")
+        send = self.dimse.send_msg
+
+        def send_msg(primitive, context_id):
+            self._before(primitive)
+            send(primitive, context_id)
+
+        self.dimse.send_msg = send_msg
+
+    def stop(self) -> None:
+        if self._previous is None:
+            self.dimse.__dict__.pop("send_msg", None)
+        else:
+            self.dimse.send_msg = self._previous
+
+
 class _Counts:
     """The sub-operation counts pynetdicom reports in the C-MOVE/C-GET responses it sends on ``assoc``.
 
     The handler yields datasets and never learns how their C-STOREs went; pynetdicom puts the running
     Completed/Failed/Warning counts in every response (PS3.4 C.4.2.3.1, C.4.3.3.1), so the last one
-    sent holds them. Watched through EVT_DIMSE_SENT while the retrieve runs, for the audit record.
+    sent holds them. Read from the response primitives while the retrieve runs, for the audit record
+    (an EVT_DIMSE_SENT handler would cost every response its encoding through pydicom).
     """
 
-    RESPONSES = (0x8021, 0x8010)  # C-MOVE-RSP, C-GET-RSP (PS3.7 E.1)
+    RESPONSES = (C_MOVE, C_GET)
     KEYWORDS = {"completed": "NumberOfCompletedSuboperations", "failed": "NumberOfFailedSuboperations",
                 "warning": "NumberOfWarningSuboperations"}
 
     def __init__(self, assoc):
-        self.assoc = assoc
         self.completed = self.failed = self.warning = 0
         self.final: int | None = None  # a final status pynetdicom sent before the handler ended
-        assoc.bind(evt.EVT_DIMSE_SENT, self._sent)
+        self._watch = _SendWatch(assoc, self._sent)
+        self._watch.start()
 
-    def _sent(self, event) -> None:
-        command = event.message.command_set
-        if command.get("CommandField") not in self.RESPONSES:
+    def _sent(self, primitive) -> None:
+        if type(primitive) not in self.RESPONSES or primitive.MessageIDBeingRespondedTo is None:
             return
-        if command.get("Status") not in (None, PENDING, 0xFF01):
-            self.final = int(command.Status)
+        if primitive.Status not in (None, PENDING, 0xFF01):
+            self.final = int(primitive.Status)
         for name, keyword in self.KEYWORDS.items():
-            value = command.get(keyword)
-            if value is not None and value != "":
+            value = getattr(primitive, keyword)
+            if value is not None:
                 setattr(self, name, int(value))
 
     def stop(self) -> None:
-        self.assoc.unbind(evt.EVT_DIMSE_SENT, self._sent)
+        self._watch.stop()
 
     def final_status(self, outcome: dict) -> int | None:
         """The status the retrieve ended with: ours when we refused or cancelled, one pynetdicom already
@@ -233,36 +264,25 @@ def _instances(archive, request):
 
 def _sub_operations(event, archive, rows, outcome: dict):
     """One (0xFF00, instance) per row, its file left unread: the association sends it from disk
-    (:mod:`~pacs_cli.dimse.substore`). C-CANCEL checked before each."""
+    (:mod:`~pacs_cli.dimse.substore`). C-CANCEL checked before each.
+
+    A file gone from disk or unreadable fails its sub-operation when the association reads it: the
+    exception in ``send_c_store`` is one failed sub-operation to pynetdicom, which lists its UID in
+    FailedSOPInstanceUIDList (PS3.4 C.4.2.1.5) and carries on.
+    """
     outcome["sent"] = []
-    for number, (uid, sop_class, syntax, path) in enumerate(rows):
+    for number, row in enumerate(rows):
         if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
             log.info("C-%s cancelled after %d of %d sub-operations", outcome["operation"].upper(), number,
                      len(rows))
             outcome["status"] = CANCEL
             yield CANCEL, None
             return
-        instance = _stored(archive, uid, sop_class, syntax, path)
-        outcome["sent"].append((instance.PatientID, instance.StudyInstanceUID, sop_class, uid))
-        yield PENDING, instance
+        outcome["sent"].append((row.patient_id, row.study_instance_uid, row.sop_class_uid, row.sop_instance_uid))
+        yield PENDING, StoredInstance(archive.path_for(row.path), row.transfer_syntax_uid,
+                                      SOPClassUID=row.sop_class_uid, SOPInstanceUID=row.sop_instance_uid,
+                                      PatientID=row.patient_id, StudyInstanceUID=row.study_instance_uid)
     outcome["done"] = True  # pynetdicom's final status counts the results: 0x0000, 0xB000 or 0xA702
-
-
-def _stored(archive, uid: str, sop_class: str, syntax: str, path: str) -> StoredInstance:
-    """The instance to send, with the patient and study the audit record names, from the index.
-
-    A file gone from disk or unreadable fails its sub-operation when the association reads it: the
-    exception in ``send_c_store`` is one failed sub-operation to pynetdicom, which lists ``uid`` in
-    FailedSOPInstanceUIDList (PS3.4 C.4.2.1.5) and carries on.
-    """
-    try:
-        known = archive.lookup(uid) or {}
-    except sqlite3.Error as exc:  # the audit record then lacks this patient and study; the file still goes
-        log.warning("the index failed: %s: %s", type(exc).__name__, exc)
-        known = {}
-    return StoredInstance(archive.path_for(path), syntax, SOPClassUID=sop_class, SOPInstanceUID=uid,
-                          PatientID=known.get("patient_id") or "",
-                          StudyInstanceUID=known.get("study_instance_uid") or "")
 
 
 def _audit_begin(audit, requestor: dict, receiver: dict, request, rows) -> None:
@@ -308,7 +328,7 @@ def move_contexts(rows) -> list:
     VR Little Endian, which every SCP accepts (PS3.5 10.1). With more than 128 pairs, one context per
     SOP class with all its syntaxes; instances beyond 128 SOP classes fail their sub-operation.
     """
-    pairs = list(dict.fromkeys((sop_class, syntax or ImplicitVRLittleEndian) for _, sop_class, syntax, _ in rows))
+    pairs = list(dict.fromkeys((row.sop_class_uid, row.transfer_syntax_uid or ImplicitVRLittleEndian) for row in rows))
     if len(pairs) <= MAX_CONTEXTS:
         return [build_context(sop_class, _with_fallback(syntax)) for sop_class, syntax in pairs]
     by_class: dict[str, list[str]] = {}
@@ -346,35 +366,30 @@ class _Rewrite:
     """Set Status and/or ErrorComment in responses pynetdicom builds itself, on this association only.
 
     pynetdicom sends some responses without asking the handler: a bare 0xA801 after ``(None, None)``
-    or when the destination cannot be associated with, a bare success after 0 sub-operations. The
-    handler runs in the association's own thread, so wrapping this association's ``dimse.send_msg``
-    (an instance attribute over the class's method) while the handler is active touches nothing else.
+    or when the destination cannot be associated with, a bare success after 0 sub-operations.
     """
 
     def __init__(self, assoc, comments: dict[int, str], status: int | None = None, once: bool = False):
-        self.dimse = assoc.dimse
         self.comments = comments
         self.status = status
         self.once = once
+        self._watch = _SendWatch(assoc, self._rewrite)
 
     def __enter__(self):
-        send = type(self.dimse).send_msg.__get__(self.dimse)
-
-        def send_msg(primitive, context_id):
-            if self.once:
-                self.__exit__()
-            if self.status is not None:
-                primitive.Status = self.status
-            comment = self.comments.get(getattr(primitive, "Status", None))
-            if comment:
-                primitive.ErrorComment = comment[:64]  # LO: at most 64 characters
-            send(primitive, context_id)
-
-        self.dimse.send_msg = send_msg
+        self._watch.start()
         return self
 
     def __exit__(self, *exc):
-        self.dimse.__dict__.pop("send_msg", None)
+        self._watch.stop()
+
+    def _rewrite(self, primitive) -> None:
+        if self.once:
+            self.__exit__()
+        if self.status is not None:
+            primitive.Status = self.status
+        comment = self.comments.get(getattr(primitive, "Status", None))
+        if comment:
+            primitive.ErrorComment = comment[:64]  # LO: at most 64 characters
 
 
 def _answer_instead(assoc, code: int, comment: str) -> None:

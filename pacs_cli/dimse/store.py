@@ -97,7 +97,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
                  study_uid=outcome.study_uid, size=outcome.size)
     runner.submit(path=str(outcome.path), calling_aet=calling, study_uid=outcome.study_uid,
                   series_uid=outcome.series_uid, sop_instance_uid=sop_uid, sop_class_uid=sop_class)
-    return status_dataset(SUCCESS)
+    return SUCCESS
 
 
 def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str):
