@@ -286,8 +286,9 @@ class EventDrivenDUL(DULServiceProvider):
         peer = self.socket.socket if self.socket is not None else None
         if peer is not None and peer.fileno() >= 0:
             poller.register(peer, select.POLLIN)
-        poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000)
-        self._wakeup.drain()
+        woken = poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000)
+        if any(fd == self._wakeup.fileno() for fd, _ in woken):
+            self._wakeup.drain()  # only then: an empty drain is a system call and an exception
 
     def kill_dul(self) -> None:
         self._kill_thread = True

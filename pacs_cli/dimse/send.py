@@ -827,8 +827,8 @@ def _answered(item: Item, status: int, error_comment: str | None, route: Route) 
     """PS3.4 B.2.3: success and warnings mean stored; anything else is a failure with the peer's words."""
     code = int(status)
     comment = str(error_comment or "") or None
-    kind = statuses.category(code)
-    outcome = STORED if code == statuses.SUCCESS else WARNING if kind == "Warning" else FAILED
+    outcome = (STORED if code == statuses.SUCCESS
+               else WARNING if statuses.category(code) == "Warning" else FAILED)
     result = _result(item, outcome, syntax=route.syntax, conversion=route.conversion, status=code,
                      comment=comment)
     if outcome != STORED:
