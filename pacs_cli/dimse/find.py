@@ -72,7 +72,7 @@ UNABLE_TO_PROCESS = 0xC000
 QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET = 0x00080052, 0x00080005
 UTF8 = "ISO_IR 192"
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]  # no Deflated: no inflate bombs
-MAX_QUEUED_PDUS = 8  # responses (a command and a dataset PDU each) waiting in pynetdicom's send queue
+MAX_QUEUED_PDUS = 8  # PDUs waiting in the DUL's send queue (a response is one, or two through pynetdicom)
 
 
 @dataclass(frozen=True)
