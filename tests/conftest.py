@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +16,17 @@ import time
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the commands the tests start, however the test run itself was started.
+
+    A background job of a non-interactive shell (``bash .ci/run &``) starts with SIGINT ignored, every
+    child inherits that, and Python then installs no KeyboardInterrupt handler: the tests that press
+    Ctrl-C on ``pacs`` would see it carry on. A handled signal is reset to the default across exec.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
