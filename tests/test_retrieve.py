@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -118,16 +119,19 @@ def receiver():
     from pynetdicom.presentation import AllStoragePresentationContexts
 
     got = {}
+    delay = []
 
     def handle(event):
         got[event.dataset.SOPInstanceUID] = event.dataset
+        time.sleep(sum(delay))
         return 0
 
     ae = AE(ae_title="DEST")
     ae.supported_contexts = AllStoragePresentationContexts
     servers = []
 
-    def start(port):
+    def start(port, seconds_per_store: float = 0.0):
+        delay.append(seconds_per_store)
         servers.append(ae.start_server(("127.0.0.1", port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, handle)]))
         return got
@@ -252,7 +256,7 @@ def test_nothing_matched_is_success_without_sub_operations(archive, receiver):
 
 def test_cancel_between_sub_operations_is_fe00(archive, receiver):
     scp, dest_port, study, _, _, _ = archive
-    receiver(dest_port)
+    receiver(dest_port, seconds_per_store=0.3)  # the C-CANCEL lands while the second sub-operation runs
     responses = move(scp.port, identifier("STUDY", StudyInstanceUID=study), cancel_after=1)
     final = responses[-1][0]
     assert final.Status == 0xFE00

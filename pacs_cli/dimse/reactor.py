@@ -10,8 +10,8 @@ socket and on a wake-up socket that every queue feeding it writes to; the associ
 waits on an event that every queue feeding it sets. Everything else (the state machine, PDU
 encoding and decoding, the reactors' bodies) stays pynetdicom's, except P-DATA-TF PDUs in the
 data transfer state: received ones go straight to :mod:`~pacs_cli.dimse.receive` (whose staged
-C-STOREs are answered in this thread when the association's is idle, or by
-:meth:`EventDrivenAssociation._serve_request`), and sent ones are encoded and written here
+C-STOREs :meth:`EventDrivenAssociation._serve_request` answers itself), and sent ones are encoded and
+written here
 (:meth:`EventDrivenDUL._send_pdata_directly`), the state machine having nothing to do for them.
 :func:`install` swaps the queues and the classes of one association before its threads start,
 for requestors (:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request

@@ -312,27 +312,8 @@ class StagingDIMSE(FastResponseDIMSE):
             LOGGER.error("Received an invalid DIMSE message: %s", exc)
             discard_staged(staged)
             return False
-        if not (isinstance(message, StagedStore) and self._serve_in_place(primitive)):
-            self.msg_queue.put((message.context_id, primitive))
+        self.msg_queue.put((message.context_id, primitive))
         return True
-
-    def _serve_in_place(self, primitive: C_STORE) -> bool:
-        """Answer a staged C-STORE in this (the DUL's) thread when the association's thread is idle.
-
-        Handing each request to the association's thread and its response back cost two thread
-        wake-ups per object, a fifth of a small object's CPU and most of its latency. The request is
-        served here only when nothing is queued before it, the reactor is not paused (an SCU method,
-        such as ``pacs getscu``'s C-GET, takes its own messages) and its turn lock is free: holding
-        that lock, no other message of this association can be served meanwhile, so order is kept.
-        """
-        assoc = self.assoc
-        if not (self.msg_queue.empty() and assoc._reactor_checkpoint.is_set()
-                and assoc._turn.acquire(blocking=False)):
-            return False
-        try:
-            return self.msg_queue.empty() and serve_staged(assoc, primitive, primitive._context_id)
-        finally:
-            assoc._turn.release()
 
 
 def discard_staged(handle) -> None:
