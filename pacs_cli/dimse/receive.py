@@ -180,8 +180,8 @@ def _staged_file(suffix: str = ".dcm"):
             continue
 
 
-def store_primitive(fields: dict, context_id: int, primitive_class=C_STORE):
-    """A C-STORE (or other) primitive from parsed command fields, each set through pynetdicom's
+def primitive_from_fields(fields: dict, context_id: int, primitive_class=C_STORE):
+    """A C-STORE or C-FIND primitive from parsed command fields, each set through pynetdicom's
     validating setter as its ``message_to_primitive`` does (fields it has no parameter for are left out)."""
     primitive = primitive_class()
     for keyword, value in fields.items():
@@ -215,7 +215,7 @@ class StagedStore:
 
     def message_to_primitive(self) -> C_STORE:
         """The request primitive, through pynetdicom's validating setters, as its decoder would."""
-        primitive = store_primitive(self.fields, self.context_id)
+        primitive = primitive_from_fields(self.fields, self.context_id)
         primitive.DataSet = self.data_set
         primitive._dataset_path = self._data_set_path
         primitive._dataset_file = self._data_set_file
@@ -226,6 +226,8 @@ class StagedStore:
 class BufferedResponse:
     """A C-FIND-RSP whose identifier is being received, kept in memory as pynetdicom keeps it."""
 
+    _data_set_file = None  # nothing staged on disk, unlike a StagedStore
+
     def __init__(self, fields: dict, context_id: int) -> None:
         self.fields = fields
         self.context_id = context_id
@@ -235,7 +237,7 @@ class BufferedResponse:
         self.data_set.write(fragment)
 
     def message_to_primitive(self) -> C_FIND:
-        primitive = store_primitive(self.fields, self.context_id, C_FIND)
+        primitive = primitive_from_fields(self.fields, self.context_id, C_FIND)
         primitive.Identifier = BytesIO(self.data_set.getvalue())
         return primitive
 
@@ -294,7 +296,7 @@ class StagingDIMSE(FastResponseDIMSE):
         """A response without a dataset, its primitive built through pynetdicom's setters; False when
         they refuse."""
         try:
-            primitive = store_primitive(fields, context_id, _RESPONSES[fields["CommandField"]][0])
+            primitive = primitive_from_fields(fields, context_id, _RESPONSES[fields["CommandField"]][0])
         except Exception:  # noqa: BLE001 - pynetdicom decodes it and reports the fault its own way
             return False
         self.msg_queue.put((context_id, primitive))
@@ -303,7 +305,7 @@ class StagingDIMSE(FastResponseDIMSE):
     def _queue_buffered(self, message: StagedStore | BufferedResponse) -> bool:
         """The dataset is complete: hand the message to the association, as pynetdicom does."""
         self.message = None
-        staged = getattr(message, "_data_set_file", None)
+        staged = message._data_set_file
         if staged:
             staged.flush()
         try:

@@ -98,7 +98,7 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
     path, offset = primitive._dataset_path
     with open(path, "rb", buffering=0) as file:  # opened first: a file that cannot be opened sends nothing
         length = os.fstat(file.fileno()).st_size - file.seek(offset)
-        for value in command_pdvs(command, limit):
+        for value in part_pdvs(command, limit):
             _send_pdv(dul, context_id, value)
         try:
             for value in dataset_pdvs(file, length, limit):
@@ -107,12 +107,12 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
             raise MessageCutShort(exc.errno, exc.strerror or str(exc)) from exc
 
 
-def command_pdvs(command: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:
+def part_pdvs(part: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:
     """The PDV values of a command set (or of a dataset in memory, ``kind`` DATA): message control
     header (PS3.8 E.2), then the fragment; an empty part is one last, empty fragment."""
-    size = limit - PDV_OVERHEAD if limit else max(len(command), 1)
-    for start in range(0, max(len(command), 1), size):
-        yield bytes((kind | LAST if start + size >= len(command) else kind,)) + command[start:start + size]
+    size = limit - PDV_OVERHEAD if limit else max(len(part), 1)
+    for start in range(0, max(len(part), 1), size):
+        yield bytes((kind | LAST if start + size >= len(part) else kind,)) + part[start:start + size]
 
 
 def dataset_pdvs(file, length: int, limit: int) -> Iterator[bytearray]:

@@ -8,8 +8,8 @@ a fixed run of Implicit VR Little Endian elements; :class:`FastResponseDIMSE` wr
 hands them to pynetdicom's P-DATA primitive and DUL as pynetdicom would. A pending C-FIND-RSP
 (9.3.2.2) is the same command for every match of a query (:class:`PendingResponses`); its identifier
 comes encoded from :func:`pacs_cli.dimse.find.encoded_response`. A C-GET or C-MOVE response without an
-identifier (the pending one after each sub-operation) is likewise a fixed run of elements. A sender's C-STORE-RQ from a file
-goes out through :mod:`~pacs_cli.dimse.requests` the same way. Anything else (a response with an Error
+identifier (the pending one after each sub-operation) is likewise a fixed run of elements. A sender's
+C-STORE-RQ from a file goes out through :mod:`~pacs_cli.dimse.requests` the same way. Anything else (a response with an Error
 Comment, other requests, DIMSE logging at -vv) takes pynetdicom's own path. The bytes are checked
 against pynetdicom's encoder in tests/test_responses.py and tests/test_requests.py.
 """
@@ -169,7 +169,7 @@ def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) ->
     the PDUs, state machine events and queue hand-offs of pynetdicom's one PDV per PDU, which measured
     as much as the rest of a small C-FIND response's cost. A longer one is sent as pynetdicom sends it.
     """
-    values = [*requests.command_pdvs(command, limit), *requests.command_pdvs(dataset, limit, requests.DATA)]
+    values = [*requests.part_pdvs(command, limit), *requests.part_pdvs(dataset, limit, requests.DATA)]
     item_headers = 2 * (requests.PDV_OVERHEAD - 1)  # each value holds its message control header already
     together = len(values) == 2 and (not limit or len(values[0]) + len(values[1]) + item_headers <= limit)
     primitives = []
