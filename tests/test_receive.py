@@ -281,3 +281,38 @@ def test_find_response_parsed_as_pynetdicom_decodes_it(status, identifier, data_
 
 def test_a_find_response_with_an_error_comment_is_left_to_pynetdicom():
     assert parse_response(find_response(0xA700, False, "too many matches")) is None
+
+
+def test_a_store_sent_before_the_acceptor_is_established_is_answered(tmp_path):
+    """A peer may send its first C-STORE the moment the A-ASSOCIATE-AC arrives, while the acceptor's
+    thread is still in its EVT_ACCEPTED handlers (pynetdicom marks the association established only
+    after them). The request waits for that thread, and is answered (the fuzz battery once saw one
+    stored and never answered)."""
+    import time
+
+    from pynetdicom import evt
+    from pynetdicom.presentation import build_context
+
+    from pacs_cli.dimse.server import Server
+    from pacs_cli.options import Listener, Timeouts
+
+    stored = []
+
+    def store(event):
+        stored.append((time.monotonic(), event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    accepted = []
+    handlers = [(evt.EVT_C_STORE, store), (evt.EVT_ACCEPTED, lambda event: (time.sleep(0.5), accepted.append(1)))]
+    listener = Listener("127.0.0.1", 0, "PACS", Timeouts(acse=5, dimse=5), 65536, 4)
+    server = Server(listener, [build_context(CT_IMAGE, ExplicitVRLittleEndian)], handlers)
+    server.start()
+    try:
+        uid, data = dataset_bytes(make_file(tmp_path / "a.dcm", rows=16))
+        sock = associated(server.address[1])
+        sock.sendall(p_data(pdv(1, 3, store_command(sop_instance=uid)), pdv(1, 2, data)))
+        assert store_status(sock) == 0x0000
+        release(sock)
+    finally:
+        server.stop(grace=1)
+    assert [sop for _, sop in stored] == [uid] and accepted == [1]

@@ -10,8 +10,8 @@ socket and on a wake-up socket that every queue feeding it writes to; the associ
 waits on an event that every queue feeding it sets. Everything else (the state machine, PDU
 encoding and decoding, the reactors' bodies) stays pynetdicom's, except P-DATA-TF PDUs in the
 data transfer state: received ones go straight to :mod:`~pacs_cli.dimse.receive` (whose staged
-C-STOREs :meth:`EventDrivenAssociation._serve_request` answers itself), and sent ones are encoded and
-written here
+C-STOREs are answered in this thread when the association's is idle, or by
+:meth:`EventDrivenAssociation._serve_request`), and sent ones are encoded and written here
 (:meth:`EventDrivenDUL._send_pdata_directly`), the state machine having nothing to do for them.
 :func:`install` swaps the queues and the classes of one association before its threads start,
 for requestors (:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request
@@ -335,6 +335,7 @@ class EventDrivenAssociation(SendsStoredFiles, Association):
 
     _wake: threading.Event
     _turn: threading.Lock
+    _reacting: bool  # the reactor loop runs: the association is established, its handlers have run
 
     @property
     def _is_paused(self) -> bool:
@@ -350,6 +351,7 @@ class EventDrivenAssociation(SendsStoredFiles, Association):
         """pynetdicom sets the flag where it believes the reactor is; the lock knows."""
 
     def _run_reactor(self) -> None:
+        self._reacting = True
         worked = True
         while not self._kill:
             if not worked:
@@ -431,6 +433,7 @@ def install(assoc: Association, dul_class: type[EventDrivenDUL] = EventDrivenDUL
     dul = assoc.dul
     assoc._wake = threading.Event()
     assoc._turn = threading.Lock()
+    assoc._reacting = False
     dul._wakeup = WakeupSocket()
     dul.state_changed = threading.Event()
     wake_dul, wake_assoc = dul._wakeup.set, assoc._wake.set
