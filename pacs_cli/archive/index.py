@@ -26,6 +26,7 @@ Migrations
 from __future__ import annotations
 
 import datetime
+import functools
 import sqlite3
 import threading
 import weakref
@@ -500,30 +501,28 @@ class Writer:
 
     def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None,
                 now: str) -> tuple[int, bool]:
-        """The row's pk, and whether it was created."""
-        table = schema.TABLES[level]
-        keys = [c for c in schema.columns_of(level, "dataset") if c.key == "U"]
-        if level == PATIENT:
-            keys.append(schema.BY_KEYWORD["IssuerOfPatientID"])
-        where = " AND ".join(f"{c.column} = ?" for c in keys)
-        key_values = [values.get(c.keyword, "") for c in keys]
+        """The row's pk, and whether it was created.
+
+        An existing row is updated only in the columns whose value changes (a non-empty new value
+        that differs): rewriting every column rewrote the entries of each index on them, most of the
+        pages a store's transaction wrote, for the next instance of a series that changes nothing.
+        """
+        sql = _level_sql(level, parent_column)
         columns = _value_columns(level, values)
         if parent_column:
             columns[parent_column] = parent_pk
-        columns["updated_at"] = now
-        row = self.conn.execute(f"SELECT pk{', ' + parent_column if parent_column else ''} FROM {table} "
-                                f"WHERE {where}", key_values).fetchone()
+        row = self.conn.execute(sql.select, [values.get(keyword, "") for keyword in sql.key_keywords]).fetchone()
         if row is None:
-            names = list(columns)
-            return self.conn.execute(
-                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING pk",
-                [columns[n] for n in names]).fetchone()[0], True
-        if parent_column and row[1] != parent_pk:
-            self._touch_parent(level, row[1])
-        fixed = {parent_column, "updated_at"}
-        assignments = ", ".join(f"{n} = ?" if n in fixed else f"{n} = coalesce(nullif(?, ''), {n})"
-                                for n in columns)
-        self.conn.execute(f"UPDATE {table} SET {assignments} WHERE pk = ?", [*columns.values(), row[0]])
+            columns["updated_at"] = now
+            return self.conn.execute(sql.insert(columns), list(columns.values())).fetchone()[0], True
+        stored = dict(zip(sql.stored_columns, row[1:]))
+        if parent_column and stored[parent_column] != parent_pk:
+            self._touch_parent(level, stored[parent_column])
+        changed = {name: value for name, value in columns.items()
+                   if value != stored[name] and (value != "" or name == parent_column)}
+        changed["updated_at"] = now
+        self.conn.execute(f"UPDATE {sql.table} SET {', '.join(f'{name} = ?' for name in changed)} WHERE pk = ?",
+                          [*changed.values(), row[0]])
         return row[0], False
 
     def _upsert_instance(self, values, file: FileInfo, series_pk: int, now: str) -> bool:
@@ -640,6 +639,31 @@ class Writer:
             "number_of_patient_related_instances = (SELECT count(*) FROM instances i "
             "  JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk "
             "  WHERE st.patient_pk = ?) WHERE pk = ?", (pk, pk, pk, pk))
+
+
+class _LevelSQL(NamedTuple):
+    """The statements of :meth:`Writer._upsert` for one level, built once."""
+
+    table: str
+    key_keywords: list[str]
+    stored_columns: list[str]  # what ``select`` returns after the pk: the columns an update may change
+    select: str
+
+    def insert(self, columns: dict) -> str:
+        return (f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                "RETURNING pk")
+
+
+@functools.cache
+def _level_sql(level: str, parent_column: str | None) -> _LevelSQL:
+    table = schema.TABLES[level]
+    keys = [c for c in schema.columns_of(level, "dataset") if c.key == "U"]
+    if level == PATIENT:
+        keys.append(schema.BY_KEYWORD["IssuerOfPatientID"])
+    stored = list(_value_columns(level, {})) + ([parent_column] if parent_column else [])
+    where = " AND ".join(f"{c.column} = ?" for c in keys)
+    return _LevelSQL(table, [c.keyword for c in keys], stored,
+                     f"SELECT pk, {', '.join(stored)} FROM {table} WHERE {where}")
 
 
 def _value_columns(level: str, values: Mapping[str, str]) -> dict:

@@ -46,6 +46,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,7 @@ class Layout:
     def __init__(self, root: Path, template: Template):
         self.root = Path(os.path.realpath(root))
         self.template = template
+        self._real: Path | None = None  # the directory make_parents last found with no symlink leading to it
 
     def target(self, values) -> Path:
         """The absolute path for an instance; never outside the root (UnsafePath otherwise)."""
@@ -193,20 +195,42 @@ class Layout:
         """Create the directories above ``path`` one at a time; return the ones created.
 
         A symlink on the way must resolve inside the root: ``os.makedirs`` would happily create
-        directories wherever a planted link points before any check could run.
+        directories wherever a planted link points before any check could run. Each level is looked
+        at with one ``lstat`` (a mkdir only where it is missing): this runs for every stored object.
         """
         created = []
         current = self.root
+        real = True
         for part in path.relative_to(self.root).parts[:-1]:
             current = current / part
-            try:
-                os.mkdir(current)
-                created.append(current)
-            except FileExistsError:
-                pass
-            if current.is_symlink():
+            mode = _mode_of(current)
+            if mode is None:
+                try:
+                    os.mkdir(current)
+                    created.append(current)
+                    continue
+                except FileExistsError:  # made meanwhile: look again
+                    mode = _mode_of(current) or 0
+            if stat.S_ISLNK(mode):
+                real = False
                 if not is_inside(self.root, os.path.realpath(current)):
                     raise UnsafePath(f"{current} is a symlink that leads outside the archive root")
-            elif not current.is_dir():
+            elif not stat.S_ISDIR(mode):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+        self._real = path.parent if real else None
         return created
+
+    def real_key(self, path: Path) -> str | None:
+        """The index key of a file whose directories :meth:`make_parents` just found free of symlinks:
+        its path relative to the root, which resolving it would give too, without a system call per
+        level of the whole path. None for any other file."""
+        if path.parent != self._real:
+            return None
+        return path.relative_to(self.root).as_posix()
+
+
+def _mode_of(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None

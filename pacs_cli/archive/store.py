@@ -304,7 +304,6 @@ class Archive:
     def _commit(self, staged: Path, header: Header, final: Path, calling_aet: str) -> StoreOutcome:
         """The serialised section: duplicate check, rename and index rows, all or nothing."""
         uid = header.sop_instance_uid
-        key = self.key_for(final)
         moved = False
         backup = None
         old_file = None
@@ -314,11 +313,12 @@ class Archive:
                 kind = self._decide(existing, uid)
                 if kind == "ignored":
                     return self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
+                created = self._io(lambda: self.layout.make_parents(final), header,
+                                   f"cannot create the directories of {final}")
+                key = self.layout.real_key(final) or self.key_for(final)
                 owner = tx.owner_of_path(key)
                 if owner is not None and owner != uid:
                     raise InvalidInstance(f"path {key} already holds SOP Instance {owner}", uid)
-                created = self._io(lambda: self.layout.make_parents(final), header,
-                                   f"cannot create the directories of {key}")
                 backup = self._io(lambda: self._backup(final), header, f"cannot preserve {key}")
                 self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
                 moved = True
