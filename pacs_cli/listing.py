@@ -35,15 +35,12 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from pacs_cli.errors import OperationFailed, UsageError
+from pacs_cli.vrs import BINARY_VRS, LONG_LENGTH_VRS, NUMBER_VRS
 
 log = logging.getLogger("pacs_cli.dump")
 
 UNDEFINED = 0xFFFFFFFF
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Float and (plain) Pixel Data
-BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-NUMBER_VRS = frozenset({"FL", "FD", "SL", "SS", "SV", "UL", "US", "UV"})
-# PS3.5 7.1.2: in explicit VR these have 2 reserved bytes and a 4-byte length; all others a 2-byte length.
-LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 VALUE_WIDTH = 64  # characters of a value shown before "..." unless --full; dcmdump cuts about there too
 COMMENT_COLUMN = 56  # where "# length, VM Keyword" starts, as in dcmdump
 BULK_THRESHOLD = 1024  # bytes: larger binary values are bulk data in JSON (pydicom's default threshold)
@@ -268,7 +265,7 @@ def _peek_unread(fp, ds: Dataset) -> Unread | None:
         (length,), size = struct.unpack(endian + "L", header[4:8]), 8
         # PS3.5 A.1 and A.4: native Pixel Data in implicit VR is OW, encapsulated (undefined length) OB.
         vr = datadict.dictionary_VR(tag) if tag != 0x7FE00010 else "OB" if length == UNDEFINED else "OW"
-    elif header[4:6].decode("latin-1") in LONG_HEADER_VRS:
+    elif header[4:6].decode("latin-1") in LONG_LENGTH_VRS:
         if len(header) < 12:
             return None
         vr = header[4:6].decode("latin-1")

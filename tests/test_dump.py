@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pacs_cli import listing
 from pacs_cli.cli import cli
 from pacs_cli.errors import UsageError
+from pacs_cli.vrs import BINARY_VRS
 
 DATA = Path(pydicom.data.__file__).parent
 TEST_FILES = DATA / "test_files"
@@ -348,7 +349,7 @@ def _comparable(ds: Dataset, left_out: set[int]):
     """Elements the JSON must carry exactly: not group lengths, Pixel Data, bulk binary values, or the
     invalid values the dump warned it left out."""
     for elem in ds:
-        bulk = elem.VR in listing.BINARY_VRS and isinstance(elem.value, bytes) \
+        bulk = elem.VR in BINARY_VRS and isinstance(elem.value, bytes) \
             and len(elem.value) > listing.BULK_THRESHOLD
         if elem.tag.element != 0 and elem.tag not in listing.PIXEL_TAGS | left_out and not bulk:
             yield elem

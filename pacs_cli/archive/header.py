@@ -34,6 +34,7 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacs_cli.archive.schema import BY_KEYWORD, READ_KEYWORDS
+from pacs_cli.vrs import LONG_LENGTH_VR_BYTES, TEXT_VRS
 
 # Enough for any real header; Pixel Data follows it and is never needed.
 DEFLATED_HEADER_CAP = 16 * 1024 * 1024
@@ -177,10 +178,7 @@ def quiet_pydicom():
 
 # --- the fast scan -------------------------------------------------------------------------------------
 
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
-                      "UI", "UR", "UT"})
-LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-                             b"UT", b"UV"})
+INDEX_TEXT_VRS = TEXT_VRS | {"UI"}  # the values the index keeps, as text
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 META_KEYWORDS = {"TransferSyntaxUID": 0x00020010, "MediaStorageSOPClassUID": 0x00020002}
@@ -215,7 +213,7 @@ def _wanted_tags(keywords: tuple[str, ...]) -> dict[int, str] | None:
         tag = tag_for_keyword(keyword)
         if keyword in META_KEYWORDS:
             continue
-        if tag is None or dictionary_VR(tag) not in TEXT_VRS:
+        if tag is None or dictionary_VR(tag) not in INDEX_TEXT_VRS:
             return None
         wanted[tag] = keyword
     return wanted
@@ -281,7 +279,7 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
             pos = _walk_sequence(data, pos, explicit, pos + length)
             continue
         if tag in wanted:
-            if explicit and vr.decode("ascii", "replace") not in TEXT_VRS:
+            if explicit and vr.decode("ascii", "replace") not in INDEX_TEXT_VRS:
                 raise _Unscannable
             found[tag] = _text(data, pos, length)
         pos += length
@@ -294,7 +292,7 @@ def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -
         return pos + 8, _TAG_LENGTH.unpack_from(data, pos)[2]
     if not (vr.isalpha() and vr.isupper()):
         raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
-    if vr in LONG_LENGTH_VRS:
+    if vr in LONG_LENGTH_VR_BYTES:
         return pos + 12, struct.unpack_from("<L", data, pos + 8)[0]
     return pos + 8, short_length
 

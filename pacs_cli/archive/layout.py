@@ -53,6 +53,7 @@ from pathlib import Path
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from pacs_cli.errors import UsageError
+from pacs_cli.vrs import BINARY_VRS
 
 HIERARCHICAL = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 FLAT = "{SOPInstanceUID}.dcm"
@@ -68,7 +69,7 @@ _LITERAL = re.compile(r"[A-Za-z0-9._-]*")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(10)}
 # VRs whose values cannot name a file.
-_BINARY_VRS = {"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+_BINARY_VRS = BINARY_VRS | {"SQ"}
 
 
 class UnsafePath(Exception):

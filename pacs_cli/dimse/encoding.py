@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import struct
 
-# PS3.5 Table 7.1-1: explicit VRs whose length is 4 bytes after 2 reserved ones.
-LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-# Values held as text: padded with a space (PS3.5 6.2). UI is padded with NUL.
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR",
-                      "UT"})
-# Those whose values may hold characters beyond ASCII (PS3.5 6.1.2.3): encoded with the character set.
-CHARACTER_SET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+from pacs_cli.vrs import CHARACTER_SET_VRS, LONG_LENGTH_VRS, TEXT_VRS
+
 _IMPLICIT = struct.Struct("<HHL")
 _COMMAND_US = struct.Struct("<HHLH")
 _GROUP_LENGTH = struct.Struct("<HHLL")
@@ -76,7 +71,7 @@ def flat_dataset(elements: list[tuple[int, str, str]], implicit: bool, codec: st
     """A dataset of ``(tag, VR, text)`` in tag order, Little Endian; None when pydicom must encode it.
 
     Text VRs are written as given (several values already joined by ``\\``), those of
-    :data:`CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any VR is zero
+    :data:`~pacs_cli.vrs.CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any VR is zero
     length (an SQ: an empty sequence of defined length, as pydicom writes it). A non-empty value of a
     binary VR, non-ASCII text where only ASCII is allowed, or a value too long for its length field
     returns None.

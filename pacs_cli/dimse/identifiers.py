@@ -42,6 +42,7 @@ from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 from pacs_cli.archive import matching
 from pacs_cli.archive.schema import LEVELS
 from pacs_cli.errors import UsageError
+from pacs_cli.vrs import CHARACTER_SET_VRS, NUMBER_VRS
 
 SYNTAX_HINT = "keys look like PatientName=Doe*, (0010,0020)=123, StudyDate=20250101- or Sequence[0].Keyword=VALUE"
 _COMPONENT = re.compile(r"(?P<name>\([^)]*\)?|[^.\[]+)(?:\[(?P<index>[^\]]*)\])?")
@@ -49,9 +50,7 @@ _TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?|([0-9A-Fa-f]{8})")
 _UID = re.compile(r"[0-9.]{1,64}")
 _IS = re.compile(r"[+-]?\d{1,12}")
 _DS = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-NUMBER_VRS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"})
 NOT_KEY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "AT"})
-TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})  # decoded with the Specific Character Set
 FORMS = {  # VR -> (parser of one value, its form, examples)
     "DA": (matching.date_bounds, matching.DATE_FORM,
            "dates are YYYYMMDD; ranges A-B, A- or -B: 20250101-20250131, 20250101-, -20251231"),
@@ -305,7 +304,7 @@ def _text(value, vr: str, encodings: list[str]) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes):
-        if vr in TEXT_VRS:
+        if vr in CHARACTER_SET_VRS:
             text = decode_bytes(value, encodings, PN_DELIMS if vr == "PN" else TEXT_VR_DELIMS)
         elif vr in NUMBER_VRS:
             return ""  # binary numbers are never matched against the index

@@ -52,7 +52,6 @@ from pydicom.uid import RE_VALID_UID, UID, ExplicitVRBigEndian, ExplicitVRLittle
 from pynetdicom import build_context, evt
 from pynetdicom.pdu_primitives import A_ABORT
 
-from pacs_cli.archive.header import LONG_LENGTH_VRS
 from pacs_cli.dimse import requests
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.ae import associate
@@ -60,6 +59,7 @@ from pacs_cli.errors import (
     AssociationAborted, AssociationRejected, NetworkError, NetworkTimeout, NoAcceptableContexts, PacsError,
 )
 from pacs_cli.options import Connection
+from pacs_cli.vrs import LONG_LENGTH_VR_BYTES
 
 log = logging.getLogger("pacs_cli.storescu")
 
@@ -420,7 +420,7 @@ def _ui_values(data: bytes, position: int, implicit: bool, stop) -> tuple[dict |
             return values, position
         if implicit:
             (length,), start, vr = _UL.unpack_from(data, position + 4), position + 8, b"UI"
-        elif vr in LONG_LENGTH_VRS and position + 12 <= len(data):
+        elif vr in LONG_LENGTH_VR_BYTES and position + 12 <= len(data):
             (length,), start = _UL.unpack_from(data, position + 8), position + 12
         elif vr in SHORT_LENGTH_VRS:
             length, start = short_length, position + 8

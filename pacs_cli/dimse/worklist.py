@@ -39,7 +39,8 @@ from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.find import (CANCEL, PENDING, SUCCESS, TRANSFER_SYNTAXES, UNABLE_TO_PROCESS, UTF8,
                                  failure_response, wait_for_the_network)
 from pacs_cli.dimse.status import status_dataset
-from pacs_cli.dimse.identifiers import NUMBER_VRS, key_texts
+from pacs_cli.dimse.identifiers import key_texts
+from pacs_cli.vrs import NUMBER_VRS
 from pacs_cli.worklist.db import Match, WorklistDB
 
 log = logging.getLogger("pacs_cli.worklist")
