@@ -10,6 +10,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_cli.dimse.responses import (
     c_find_rsp_command, c_retrieve_rsp_command, c_store_rsp_command, is_plain_retrieve_response,
@@ -108,7 +109,9 @@ def test_message_pdus_fit_the_peers_limit(limit, dataset_size, expected_pdus):
     assert len(command) == 88
     dataset = bytes(range(256)) * (dataset_size // 256) + bytes(dataset_size % 256)
     pdus = []
-    for pdata in message_pdus(3, command, dataset, limit):
+    for values in message_pdus(3, command, dataset, limit):
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.extend(values)
         pdu = P_DATA_TF()
         pdu.from_primitive(pdata)
         pdus.append(pdu.encode())

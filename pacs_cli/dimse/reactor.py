@@ -12,7 +12,8 @@ encoding and decoding, the reactors' bodies) stays pynetdicom's, except P-DATA-T
 data transfer state: received ones go straight to :mod:`~pacs_cli.dimse.receive` (whose staged
 C-STOREs are answered in this thread when the association's is idle, or by
 :meth:`EventDrivenAssociation._serve_request`), and sent ones are encoded and written here
-(:meth:`EventDrivenDUL._send_pdata_directly`), the state machine having nothing to do for them.
+(:meth:`EventDrivenDUL._send_pdata_directly`) or, when nothing is queued before them, by the thread
+that sends them (:meth:`EventDrivenDUL.write_pdata`), the state machine having nothing to do for them.
 :func:`install` swaps the queues and the classes of one association before its threads start,
 for requestors (:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request
 handler) alike.
@@ -115,7 +116,25 @@ class Checkpoint(threading.Event):
 
 
 class PollReadySocket(AssociationSocket):
-    """``ready`` with ``poll()``: pynetdicom's ``select()`` fails once descriptors pass 1024."""
+    """``ready`` with ``poll()``: pynetdicom's ``select()`` fails once descriptors pass 1024.
+
+    Every send holds ``send_lock``, so that a thread other than the DUL's may write a P-DATA-TF PDU
+    itself (:meth:`EventDrivenDUL.write_pdata`) without cutting into one the DUL is writing.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.send_lock = threading.RLock()
+
+    @classmethod
+    def adopt(cls, sock: AssociationSocket) -> None:
+        """Make a socket object pynetdicom built (an acceptor's) one of this class."""
+        sock.__class__ = cls
+        sock.send_lock = threading.RLock()
+
+    def send(self, bytestream: bytes) -> None:
+        with self.send_lock:
+            super().send(bytestream)
 
     @property
     def ready(self) -> bool:
@@ -166,7 +185,8 @@ class EventDrivenDUL(DULServiceProvider):
             except queue.Empty:
                 self._wait_for_work()
                 continue
-            self.state_machine.do_action(event)
+            with self._send_lock:  # an action may take a P-DATA primitive off the queue and send it
+                self.state_machine.do_action(event)
             self.state_changed.set()
             if self.state_machine.current_state == "Sta1":
                 self._release_waiting_acceptor()
@@ -184,10 +204,38 @@ class EventDrivenDUL(DULServiceProvider):
         if (not pending or type(pending[0]) is not P_DATA or self.state_machine.current_state != "Sta6"
                 or not self.event_queue.empty() or self.assoc.get_handlers(evt.EVT_PDU_SENT)):
             return False
-        primitive = self.to_provider_queue.get(False)
-        self.socket.send(encode_pdata_tf(primitive.presentation_data_value_list))  # Evt17 on failure
+        with self._send_lock:  # taken off the queue and sent in one go: write_pdata cannot come between
+            primitive = self.to_provider_queue.get(False)
+            self.socket.send(encode_pdata_tf(primitive.presentation_data_value_list))  # Evt17 on failure
         self.state_changed.set()  # a PDU went out: senders holding back (find.wait_for_the_network) go on
         return True
+
+    def write_pdata(self, values: list[tuple[int, bytes | bytearray]]) -> bool:
+        """DT-1 for one P-DATA-TF PDU of (context ID, PDV value) items in the calling thread; False
+        (nothing sent) when it must be queued.
+
+        Queued, each PDU cost a wake-up of this thread through its wake-up socket and a hand-over
+        of the GIL both ways: per PDU about as much as reading and sending it (a sender of small
+        objects, or of 0.5 MB ones in a peer's 16 KB PDUs). Written here only in the data transfer
+        state with nothing queued or pending before it (the lock keeps that true while it is
+        written), without PDU handlers (-vv), and not over TLS from another thread: one SSL
+        connection must not be read and written by two threads at once.
+        """
+        if threading.current_thread() is not self and self._over_tls():
+            return False
+        with self._send_lock:
+            if (self.to_provider_queue.queue or self.state_machine.current_state != "Sta6"
+                    or not self.event_queue.empty() or self.assoc.get_handlers(evt.EVT_PDU_SENT)):
+                return False
+            self.socket.send(encode_pdata_tf(values))  # Evt17 on failure
+        return True
+
+    @property
+    def _send_lock(self) -> threading.RLock:
+        return self.socket.send_lock
+
+    def _over_tls(self) -> bool:
+        return getattr(getattr(self.socket, "socket", None), "pending", None) is not None
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's read of one PDU, with P-DATA-TF in the data transfer state taken directly.

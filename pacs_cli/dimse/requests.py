@@ -99,10 +99,10 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
     with open(path, "rb", buffering=0) as file:  # opened first: a file that cannot be opened sends nothing
         length = os.fstat(file.fileno()).st_size - file.seek(offset)
         for value in part_pdvs(command, limit):
-            _send_pdv(dul, context_id, value)
+            send_pdata(dul, [(context_id, value)])
         try:
             for value in dataset_pdvs(file, length, limit):
-                _send_pdv(dul, context_id, value)
+                send_pdata(dul, [(context_id, value)])
         except OSError as exc:
             raise MessageCutShort(exc.errno, exc.strerror or str(exc)) from exc
 
@@ -154,9 +154,14 @@ def _read_into(file, values: list[bytearray]) -> None:
             views[0] = views[0][count:]
 
 
-def _send_pdv(dul, context_id: int, value: bytes | bytearray) -> None:
+def send_pdata(dul, values: list[tuple[int, bytes | bytearray]]) -> None:
+    """One P-DATA-TF PDU of (context ID, PDV value) items: written in this thread when the DUL allows
+    it (:meth:`~pacs_cli.dimse.reactor.EventDrivenDUL.write_pdata`), else queued for the DUL's."""
+    write = getattr(dul, "write_pdata", None)
+    if write is not None and write(values):
+        return
     pdata = P_DATA()
-    pdata.presentation_data_value_list.append((context_id, value))
+    pdata.presentation_data_value_list.extend(values)
     dul.send_pdu(pdata)
 
 

@@ -20,7 +20,6 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
-from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_cli.dimse import requests
 from pacs_cli.dimse.encoding import command_set, command_ui, command_us
@@ -147,9 +146,7 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         limit = self.maximum_pdu_size
         if limit and len(command) > limit - 6:  # pynetdicom's one-fragment rule
             return False
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
-        self.dul.send_pdu(pdata)
+        requests.send_pdata(self.dul, [(context_id, LAST_COMMAND_FRAGMENT + command)])
         return True
 
     def send_message(self, context_id: int, command: bytes, dataset: bytes) -> bool:
@@ -157,13 +154,14 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         at -vv, as above."""
         if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             return False
-        for pdata in message_pdus(context_id, command, dataset, self.maximum_pdu_size):
-            self.dul.send_pdu(pdata)
+        for values in message_pdus(context_id, command, dataset, self.maximum_pdu_size):
+            requests.send_pdata(self.dul, values)
         return True
 
 
-def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) -> list[P_DATA]:
-    """The P-DATA primitives of one message for a peer whose maximum PDU length is ``limit`` (0: none).
+def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) -> list[list[tuple[int, bytes]]]:
+    """The PDUs of one message, as lists of (context ID, PDV value), for a peer whose maximum PDU
+    length is ``limit`` (0: none).
 
     A message that fits one PDU goes in one, as two PDVs (PS3.8 9.3.5 allows several per PDU): half
     the PDUs, state machine events and queue hand-offs of pynetdicom's one PDV per PDU, which measured
@@ -172,9 +170,4 @@ def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) ->
     values = [*requests.part_pdvs(command, limit), *requests.part_pdvs(dataset, limit, requests.DATA)]
     item_headers = 2 * (requests.PDV_OVERHEAD - 1)  # each value holds its message control header already
     together = len(values) == 2 and (not limit or len(values[0]) + len(values[1]) + item_headers <= limit)
-    primitives = []
-    for group in ([values] if together else [[value] for value in values]):
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.extend((context_id, value) for value in group)
-        primitives.append(pdata)
-    return primitives
+    return [[(context_id, value) for value in group] for group in ([values] if together else [[v] for v in values])]

@@ -310,7 +310,7 @@ class PolicyRequestHandler(RequestHandler):
         assoc.acse = PolicyACSE(assoc, self.server.policy)
         # pynetdicom builds its own socket object (and queues the connection event once);
         # we give that object our recv() rather than building a second one.
-        assoc.dul.socket.__class__ = GuardedSocket
+        GuardedSocket.adopt(assoc.dul.socket)
         reactor.install(assoc, dul_class=GuardedDUL)
         assoc.dul.max_object = self.server.max_object
         assoc.dul.socket.max_pdu = self.ae.maximum_pdu_size
