@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,18 +319,12 @@ def wait_for_the_network(assoc, queued: int = MAX_QUEUED_PDUS) -> None:
     has nothing left to send (dul.py ``run_reactor``: send *or* receive per loop). A handler that
     outpaces the network would hold the whole result set in memory and leave a C-CANCEL unread until
     all of it was sent. Keeping the queue short keeps memory bounded and the C-CANCEL prompt. The
-    event-driven DUL (:mod:`~pacs_cli.dimse.reactor`) signals each PDU it sends; pynetdicom's own is
-    polled.
+    event-driven DUL every SCP association has (:mod:`~pacs_cli.dimse.reactor`) signals each PDU it
+    sends; a response written by this thread itself (``write_pdata``) is never queued.
     """
-    dul = getattr(assoc, "dul", None)
-    pending = getattr(dul, "to_provider_queue", None)
-    if pending is None:
-        return
-    sent = getattr(dul, "state_changed", None)
+    dul = assoc.dul
+    pending, sent = dul.to_provider_queue, dul.state_changed
     while pending.qsize() > queued and assoc.is_established:
-        if sent is None:
-            time.sleep(0.0005)
-            continue
         sent.clear()
         if pending.qsize() > queued:
             sent.wait(0.01)

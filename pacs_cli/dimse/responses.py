@@ -85,9 +85,10 @@ class PendingResponses:
     identifier; built once per request, since only the identifier changes from one to the next.
 
     pynetdicom checks, copies and encodes each through a primitive, a command dataset and the status
-    tables: measured at four fifths of a C-FIND SCP's CPU per match. :meth:`send` returns False (nothing
-    sent) when the response must take that path anyway: no identifier bytes, an association without
-    :class:`FastResponseDIMSE`, a transfer syntax other than Little Endian uncompressed, or -vv logging.
+    tables: measured at four fifths of a C-FIND SCP's CPU per match. ``implicit`` is None for a transfer
+    syntax other than Little Endian uncompressed: the caller then encodes nothing and takes that path.
+    :meth:`send` returns False (nothing sent) when the response must take it anyway: no identifier
+    bytes, an association without :class:`FastResponseDIMSE`, or -vv logging.
     """
 
     PENDING = 0xFF00
@@ -102,7 +103,7 @@ class PendingResponses:
                                            self.PENDING, identifier=True)
 
     def send(self, identifier: bytes | None) -> bool:
-        if identifier is None or self.implicit is None or not isinstance(self._dimse, FastResponseDIMSE):
+        if identifier is None or not isinstance(self._dimse, FastResponseDIMSE):
             return False
         return self._dimse.send_message(self._context_id, self._command, identifier)
 
