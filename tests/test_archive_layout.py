@@ -82,16 +82,13 @@ def test_make_parents_refuses_a_symlink_out_and_accepts_one_in(tmp_path):
         layout.make_parents(layout.target({"PatientID": "out", "StudyInstanceUID": "1", "SOPInstanceUID": "2"}))
     assert list(outside.iterdir()) == []
     through_link = layout.target({"PatientID": "in", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
-    created = layout.make_parents(through_link)
-    assert created == [root / "in" / "1"] and (root / "inside" / "1").is_dir()
-    assert layout.real_key(through_link) is None  # the store resolves the link: the key names inside/1/2.dcm
+    parents = layout.make_parents(through_link)
+    assert parents.created == [root / "in" / "1"] and (root / "inside" / "1").is_dir()
+    assert parents.key is None  # the store resolves the link: the key names inside/1/2.dcm
 
 
-def test_real_key_is_the_relative_path_only_below_directories_just_checked(tmp_path):
+def test_the_key_is_the_relative_path_when_no_symlink_leads_to_the_file(tmp_path):
     layout = Layout(tmp_path, parse_template("{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"))
-    first = layout.target({"PatientID": "P", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
-    other = layout.target({"PatientID": "Q", "StudyInstanceUID": "1", "SOPInstanceUID": "3"})
-    assert layout.real_key(first) is None  # nothing checked yet
-    assert layout.make_parents(first) == [tmp_path / "P", tmp_path / "P" / "1"]
-    assert layout.make_parents(first) == []
-    assert layout.real_key(first) == "P/1/2.dcm" and layout.real_key(other) is None
+    path = layout.target({"PatientID": "P", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
+    assert layout.make_parents(path) == ([tmp_path / "P", tmp_path / "P" / "1"], "P/1/2.dcm")
+    assert layout.make_parents(path) == ([], "P/1/2.dcm")

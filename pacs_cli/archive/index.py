@@ -518,8 +518,7 @@ class Writer:
         stored = dict(zip(sql.stored_columns, row[1:]))
         if parent_column and stored[parent_column] != parent_pk:
             self._touch_parent(level, stored[parent_column])
-        changed = {name: value for name, value in columns.items()
-                   if value != stored[name] and (value != "" or name == parent_column)}
+        changed = {name: value for name, value in columns.items() if value != "" and value != stored[name]}
         changed["updated_at"] = now
         self.conn.execute(f"UPDATE {sql.table} SET {', '.join(f'{name} = ?' for name in changed)} WHERE pk = ?",
                           [*changed.values(), row[0]])

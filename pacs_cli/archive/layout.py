@@ -49,6 +49,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -183,7 +184,6 @@ class Layout:
     def __init__(self, root: Path, template: Template):
         self.root = Path(os.path.realpath(root))
         self.template = template
-        self._real: Path | None = None  # the directory make_parents last found with no symlink leading to it
 
     def target(self, values) -> Path:
         """The absolute path for an instance; never outside the root (UnsafePath otherwise)."""
@@ -192,12 +192,14 @@ class Layout:
             raise UnsafePath(f"{path} is not inside the archive root {self.root}")
         return path
 
-    def make_parents(self, path: Path) -> list[Path]:
-        """Create the directories above ``path`` one at a time; return the ones created.
+    def make_parents(self, path: Path) -> Parents:
+        """Create the directories above ``path`` one at a time; say which, and how the index names it.
 
         A symlink on the way must resolve inside the root: ``os.makedirs`` would happily create
         directories wherever a planted link points before any check could run. Each level is looked
-        at with one ``lstat`` (a mkdir only where it is missing): this runs for every stored object.
+        at with one ``lstat`` (a mkdir only where it is missing): this runs for every stored object,
+        and with no symlink on the way the file's index key is its path relative to the root, which
+        resolving it (a system call per level of the whole path) would give too.
         """
         created = []
         current = self.root
@@ -218,16 +220,15 @@ class Layout:
                     raise UnsafePath(f"{current} is a symlink that leads outside the archive root")
             elif not stat.S_ISDIR(mode):
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
-        self._real = path.parent if real else None
-        return created
+        return Parents(created, path.relative_to(self.root).as_posix() if real else None)
 
-    def real_key(self, path: Path) -> str | None:
-        """The index key of a file whose directories :meth:`make_parents` just found free of symlinks:
-        its path relative to the root, which resolving it would give too, without a system call per
-        level of the whole path. None for any other file."""
-        if path.parent != self._real:
-            return None
-        return path.relative_to(self.root).as_posix()
+
+class Parents(NamedTuple):
+    """What :meth:`Layout.make_parents` did: the directories it created, and the file's index key
+    when no symlink leads to it (None: resolve the path)."""
+
+    created: list[Path]
+    key: str | None
 
 
 def _mode_of(path: Path) -> int | None:

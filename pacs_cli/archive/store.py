@@ -313,9 +313,9 @@ class Archive:
                 kind = self._decide(existing, uid)
                 if kind == "ignored":
                     return self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
-                created = self._io(lambda: self.layout.make_parents(final), header,
+                parents = self._io(lambda: self.layout.make_parents(final), header,
                                    f"cannot create the directories of {final}")
-                key = self.layout.real_key(final) or self.key_for(final)
+                key = parents.key or self.key_for(final)
                 owner = tx.owner_of_path(key)
                 if owner is not None and owner != uid:
                     raise InvalidInstance(f"path {key} already holds SOP Instance {owner}", uid)
@@ -323,7 +323,7 @@ class Archive:
                 self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
                 moved = True
                 if self.fsync:  # the new name, and every directory created for it, in its parent
-                    for directory in [final.parent, *(d.parent for d in created)]:
+                    for directory in [final.parent, *(d.parent for d in parents.created)]:
                         self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
                 st = self._io(lambda: final.stat(), header, f"cannot stat {key}")
                 tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"))

@@ -201,8 +201,7 @@ class EventDrivenDUL(DULServiceProvider):
         An EVT_PDU_SENT handler (-vv), which needs pynetdicom's PDU object, keeps pynetdicom's path.
         """
         pending = self.to_provider_queue.queue
-        if (not pending or type(pending[0]) is not P_DATA or self.state_machine.current_state != "Sta6"
-                or not self.event_queue.empty() or self.assoc.get_handlers(evt.EVT_PDU_SENT)):
+        if not pending or type(pending[0]) is not P_DATA or not self._pdata_skips_state_machine():
             return False
         with self._send_lock:  # taken off the queue and sent in one go: write_pdata cannot come between
             primitive = self.to_provider_queue.get(False)
@@ -224,11 +223,16 @@ class EventDrivenDUL(DULServiceProvider):
         if threading.current_thread() is not self and self._over_tls():
             return False
         with self._send_lock:
-            if (self.to_provider_queue.queue or self.state_machine.current_state != "Sta6"
-                    or not self.event_queue.empty() or self.assoc.get_handlers(evt.EVT_PDU_SENT)):
+            if self.to_provider_queue.queue or not self._pdata_skips_state_machine():
                 return False
             self.socket.send(encode_pdata_tf(values))  # Evt17 on failure
         return True
+
+    def _pdata_skips_state_machine(self) -> bool:
+        """DT-1 only sends the PDU in the data transfer state with no event waiting before it; a
+        handler of PDU events (-vv) needs pynetdicom's PDU object."""
+        return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
+                and not self.assoc.get_handlers(evt.EVT_PDU_SENT))
 
     @property
     def _send_lock(self) -> threading.RLock:

@@ -81,7 +81,7 @@ MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x00020002, 0
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 QUICK_UIDS = {MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID, SOP_CLASS_UID, SOP_INSTANCE_UID}
 QUICK_HEADER_BYTES = 4096  # holds the File Meta and the elements up to (0008,0018) of a usual file
-# PS3.5 7.1.2: explicit VRs whose length takes 2 bytes (archive.header has those taking 4).
+# PS3.5 7.1.2: explicit VRs whose length takes 2 bytes (pacs_cli.vrs has those taking 4).
 SHORT_LENGTH_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
                     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 UNDEFINED_LENGTH = 0xFFFFFFFF
