@@ -576,8 +576,10 @@ def test_dcmtk_findscu_cancel(tmp_path):
 
 
 def test_responses_are_streamed_not_collected_first(tmp_path, script_runner):
-    """The first of 2,000 matches arrives long before the last (the SCP does not read them all first)."""
-    build_index(tmp_path / "archive", 2_000)
+    """The first of 8,000 matches arrives long before the last (the SCP does not read them all first).
+
+    Times run from the process start: enough matches that sending them outlasts the start-up."""
+    build_index(tmp_path / "archive", 8_000)
     scp = StoreSCP(tmp_path)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "pacs_cli", "find", "127.0.0.1", str(scp.port), "--level",
@@ -592,7 +594,7 @@ def test_responses_are_streamed_not_collected_first(tmp_path, script_runner):
     finally:
         scp.stop()
     assert json.loads(first)["SOPInstanceUID"] == "1.9.1.0"
-    assert len(rest.splitlines()) == 1_999
+    assert len(rest.splitlines()) == 7_999
     assert first_after < total / 2, (first_after, total)
 
 

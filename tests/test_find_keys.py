@@ -147,6 +147,41 @@ def test_flatten_gives_strings_and_paths():
         "ScheduledProcedureStepSequence[1].Modality": "MR"}
 
 
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("keys", [
+    ("PatientName=Müller^J*", "PatientID=007", "StudyDate", "QueryRetrieveLevel=STUDY", "Rows=512"),
+    ("ReferencedStudySequence", "NumberOfStudyRelatedInstances=12"),  # an empty sequence: flat
+    ("ScheduledProcedureStepSequence[0].Modality=CT", "PatientID=1"),  # an item: pydicom's reader
+    (),
+])
+def test_decoded_identifiers_are_the_datasets_pydicom_reads(keys, implicit):
+    ds = identifier(*keys) if keys else Dataset()
+    if keys:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    data = encode(ds, implicit, True)
+    ours, pydicoms = identifiers.decode_identifier(data, implicit), decode(io.BytesIO(data), implicit, True)
+    assert ours._dict == pydicoms._dict  # the same raw elements, values converted only when read
+    assert ours == pydicoms
+    assert (ours.original_encoding, ours.original_character_set) == (pydicoms.original_encoding,
+                                                                      pydicoms.original_character_set)
+    assert flatten(ours) == flatten(pydicoms)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x10\x00\x10\x00PN\x08\x00Doe",  # a value past the end
+    b"\x10\x00\x10\x00",  # a header cut short
+    b"\x10\x00\x10\x00\x00\x00\x04\x00ABCD",  # no valid VR where an explicit one belongs
+])
+def test_malformed_identifiers_fail_as_pydicom_fails(data):
+    try:
+        expected = decode(io.BytesIO(data), False, True)
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, ours must raise the same
+        with pytest.raises(type(exc)):
+            identifiers.decode_identifier(data, False)
+    else:
+        assert identifiers.decode_identifier(data, False) == expected
+
+
 # --- formatters ----------------------------------------------------------------------------------
 
 def test_auto_format_is_a_table_on_a_terminal_and_json_lines_otherwise():

@@ -13,11 +13,13 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
-from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom.dsutils import create_file_meta, decode, encode
 from pydicom.filewriter import write_file_meta_info
 
 import pdus
-from pacs_cli.dimse.receive import MalformedPDU, file_meta, parse_response, parse_store_command, split_pdvs
+from pacs_cli.dimse.receive import (
+    MalformedPDU, command_fields, file_meta, parse_response, parse_store_command, primitive_from_fields, split_pdvs,
+)
 from test_storescp import StoreSCP, make_file
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -277,6 +279,22 @@ def test_find_response_parsed_as_pynetdicom_decodes_it(status, identifier, data_
     assert parse_response(find_response(status, identifier)) == {
         "CommandField": 0x8020, "MessageIDBeingRespondedTo": 9, "CommandDataSetType": data_set_type,
         "Status": status, "AffectedSOPClassUID": STUDY_ROOT_FIND}
+
+
+@pytest.mark.parametrize("command, primitive_class", [(store_command(), C_STORE), (find_response(0xFF00, True), C_FIND)],
+                         ids=["C-STORE-RQ", "C-FIND-RSP"])
+def test_primitives_from_parsed_fields_are_the_ones_pynetdicom_decodes(command, primitive_class):
+    """Twice: the second one takes its SOP Class UID from the remembered check."""
+    message = {C_STORE: C_STORE_RQ, C_FIND: C_FIND_RSP}[primitive_class]()
+    message.command_set = decode(io.BytesIO(command), True, True)
+    expected = message.message_to_primitive()
+    for _ in range(2):
+        ours = primitive_from_fields(command_fields(command), 1, primitive_class)
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID", "MessageID", "MessageIDBeingRespondedTo",
+                        "Priority", "Status", "MoveOriginatorApplicationEntityTitle"):
+            if hasattr(expected, keyword):
+                assert getattr(ours, keyword) == getattr(expected, keyword), keyword
+                assert type(getattr(ours, keyword)) is type(getattr(expected, keyword)), keyword
 
 
 def test_a_find_response_with_an_error_comment_is_left_to_pynetdicom():

@@ -145,7 +145,8 @@ def process_latencies(ctx: Context, argv: list, count: int, base: Path, expect: 
 
 class Session:
     """One association from this process for many queries in a row, through pacs's requestor AE
-    (event-driven, TCP_NODELAY): the same client against every server."""
+    (event-driven, TCP_NODELAY) and the C-FIND loop `pacs find` runs (``pacs_cli.dimse.find.c_find``):
+    the same client against every server."""
 
     def __init__(self, port: int, called_aet: str):
         import logging
@@ -167,6 +168,8 @@ class Session:
         """Milliseconds from sending the query to its final response, and the number of matches."""
         from pydicom import Dataset
 
+        from pacs_cli.dimse.find import c_find
+
         ds = Dataset()
         ds.QueryRetrieveLevel = "STUDY"
         for k in RETURN_KEYS:
@@ -174,13 +177,13 @@ class Session:
         setattr(ds, keyword, value)
         matches = 0
         started = time.perf_counter()
-        for status, identifier in self.assoc.send_c_find(ds, self.model):
-            if not status:
+        for response in c_find(self.assoc, ds, self.model):
+            if response.status is None:
                 raise BenchError("the association ended during a C-FIND")
-            if status.Status in (0xFF00, 0xFF01):
+            if response.status in (0xFF00, 0xFF01):
                 matches += 1
-            elif status.Status != 0x0000:
-                raise BenchError(f"C-FIND failed with status 0x{status.Status:04X}")
+            elif response.status != 0x0000:
+                raise BenchError(f"C-FIND failed with status 0x{response.status:04X}")
         return (time.perf_counter() - started) * 1000, matches
 
     def close(self) -> None:

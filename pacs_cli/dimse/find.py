@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from io import BytesIO
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
@@ -53,7 +54,9 @@ from pacs_cli.archive.schema import IMAGE, LEVELS, PATIENT, SERIES, STUDY, UNIQU
 from pacs_cli.dimse import encoding
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.status import status_dataset
-from pacs_cli.dimse.identifiers import NUMBER_VRS, Key, Text, build_identifier, key_texts, merge, parse_keys
+from pacs_cli.dimse.identifiers import (
+    NUMBER_VRS, Key, Text, build_identifier, decode_identifier, key_texts, merge, parse_keys,
+)
 from pacs_cli.errors import AssociationAborted, NetworkTimeout, OperationFailed, UsageError
 from pacs_cli.options import Connection
 
@@ -67,6 +70,7 @@ SUCCESS, CANCEL, PENDING = 0x0000, 0xFE00, 0xFF00
 OUT_OF_RESOURCES = 0xA700
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
+LOW_PRIORITY = 0x0002  # PS3.7 9.1.1.1: pynetdicom's default for send_c_find
 
 QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET = 0x00080052, 0x00080005
 UTF8 = "ISO_IR 192"
@@ -428,17 +432,75 @@ def find(connection: Connection, identifier: Dataset, model: Model, outcome: Out
         if combined_datetime and not combined_datetime_agreed(assoc, model):
             outcome.notes.append("the peer did not agree to combined date-time matching: "
                                  "dates and times are matched separately")
-        for rsp_status, rsp in assoc.send_c_find(identifier, model.uid):
-            if "Status" not in rsp_status:
+        for response in c_find(assoc, identifier, model.uid):
+            if response.status is None:
                 _raise_lost(assoc, connection)
-            code = rsp_status.Status
-            if statuses.category(code) == "Pending":
+            if statuses.category(response.status) == "Pending":
                 outcome.matches += 1
-                if rsp is not None:
-                    yield rsp
+                if response.identifier is not None:
+                    yield response.identifier
                 continue
-            outcome.status = code
-            outcome.comment = str(rsp_status.get("ErrorComment", "") or "")
+            outcome.status = response.status
+            outcome.comment = response.comment
+
+
+class FindResponse(NamedTuple):
+    """One C-FIND-RSP: its status (None when none came or it was invalid: the association is
+    aborted then), its identifier (pending responses only; None if it could not be decoded) and its
+    Error Comment."""
+
+    status: int | None
+    identifier: Dataset | None = None
+    comment: str = ""
+
+
+def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Iterator[FindResponse]:
+    """pynetdicom's ``send_c_find`` with the status as a number, not a dataset built per response.
+
+    Against a 164-match query the requester was the slowest side, at 0.3 ms of CPU per match, half
+    of it in pynetdicom's loop around the decoding: a validating status dataset, log lines built
+    for every response. The reactions are pynetdicom's: no response aborts the association
+    unless it has ended, an unexpected or invalid one is logged and aborts it.
+    """
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode
+
+    from pacs_cli.dimse.requests import pause_reactor
+
+    context = assoc._get_valid_context(sop_class, "", "scu")
+    syntax = context.transfer_syntax[0]
+    request = C_FIND()
+    request.MessageID = msg_id
+    request.AffectedSOPClassUID = sop_class
+    request.Priority = LOW_PRIORITY
+    request.Identifier = BytesIO(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian))
+    pause_reactor(assoc)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        while True:
+            _, response = assoc.dimse.get_msg(block=True)
+            if response is None:
+                assoc._handle_no_response()
+                yield FindResponse(None)
+                return
+            if not (isinstance(response, C_FIND) and response.is_valid_response):
+                log.error("the peer sent an unexpected or invalid message instead of a C-FIND response")
+                assoc.abort()
+                yield FindResponse(None)
+                return
+            if statuses.category(response.Status) != "Pending":
+                yield FindResponse(response.Status, None, str(response.ErrorComment or ""))
+                return
+            try:
+                found = decode_identifier(response.Identifier.getvalue(), syntax.is_implicit_VR)
+            except Exception as exc:  # noqa: BLE001 - pydicom raises what the bytes make it raise
+                log.error("cannot decode a C-FIND response identifier: %s", exc)
+                found = None
+            if found is not None and log.isEnabledFor(logging.DEBUG):
+                log.debug("C-FIND response identifier:\n%s", found)
+            yield FindResponse(response.Status, found)
+    finally:
+        assoc._reactor_checkpoint.set()
 
 
 def _datetime_negotiation(model: Model) -> SOPClassExtendedNegotiation:

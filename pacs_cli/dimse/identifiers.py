@@ -26,23 +26,26 @@ from __future__ import annotations
 
 import difflib
 import re
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import config as pydicom_config
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR, keyword_dict, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
+from pydicom.tag import BaseTag
+from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS, VR
 
 from pacs_cli.archive import matching
 from pacs_cli.archive.schema import LEVELS
 from pacs_cli.errors import UsageError
-from pacs_cli.vrs import CHARACTER_SET_VRS, NUMBER_VRS
+from pacs_cli.vrs import CHARACTER_SET_VRS, LONG_LENGTH_VR_BYTES, NUMBER_VRS
 
 SYNTAX_HINT = "keys look like PatientName=Doe*, (0010,0020)=123, StudyDate=20250101- or Sequence[0].Keyword=VALUE"
 _COMPONENT = re.compile(r"(?P<name>\([^)]*\)?|[^.\[]+)(?:\[(?P<index>[^\]]*)\])?")
@@ -252,6 +255,60 @@ def _element_value(value: str, vr: str):
 
 # --- reading identifiers back -------------------------------------------------------------------
 
+_IMPLICIT_HEADER = struct.Struct("<HHL")
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<L")
+_VR_NAMES = {vr.value.encode("ascii"): vr.value for vr in VR}
+UNDEFINED_LENGTH, ITEM_GROUP = 0xFFFFFFFF, 0xFFFE
+SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+def decode_identifier(data: bytes, implicit: bool) -> Dataset:
+    """A received Little Endian identifier as the Dataset pydicom's ``read_dataset`` makes of it.
+
+    pydicom reads element by element from a file object, and that was most of ``pacs find``'s CPU
+    per match. A flat identifier's elements are sliced from the bytes here into the same raw
+    elements, converted (as pydicom's are) only when read; anything of undefined length or an
+    unknown VR goes to pydicom, and so do malformed bytes, to fail the way pydicom fails.
+    """
+    raw = _raw_elements(data, implicit)
+    if raw is None:
+        from pynetdicom.dsutils import decode
+
+        return decode(BytesIO(data), implicit, True)
+    ds = Dataset(raw, parent_encoding=default_encoding)
+    charset = raw.get(SPECIFIC_CHARACTER_SET)
+    encoding = default_encoding if charset is None else convert_encodings(convert_raw_data_element(charset).value)
+    ds.set_original_encoding(implicit, True, encoding)
+    return ds
+
+
+def _raw_elements(data: bytes, implicit: bool) -> dict[BaseTag, RawDataElement] | None:
+    raw, pos, end = {}, 0, len(data)
+    while pos < end:
+        if end - pos < 8:
+            return None
+        if implicit:
+            group, number, length = _IMPLICIT_HEADER.unpack_from(data, pos)
+            vr, pos = None, pos + 8
+        else:
+            group, number, code, length = _EXPLICIT_HEADER.unpack_from(data, pos)
+            vr, pos = _VR_NAMES.get(code), pos + 8
+            if vr is None:
+                return None
+            if code in LONG_LENGTH_VR_BYTES:
+                if end - pos < 4:
+                    return None
+                length, pos = _LONG_LENGTH.unpack_from(data, pos)[0], pos + 4
+        if length == UNDEFINED_LENGTH or group == ITEM_GROUP or pos + length > end:
+            return None
+        tag = BaseTag(group << 16 | number)
+        value = data[pos:pos + length] if length else empty_value_for_VR(vr, raw=True)
+        raw[tag] = RawDataElement(tag, vr, length, value, pos, implicit, True)
+        pos += length
+    return raw
+
+
 @dataclass(frozen=True)
 class Text:
     """One top-level element of a received identifier, its value as one string (values joined by '\\')."""
@@ -279,7 +336,7 @@ def key_texts(ds: Dataset, encodings: list[str] | None = None) -> Iterator[Text]
 
 
 def _encodings(ds: Dataset, inherited: list[str] | None = None) -> list[str]:
-    elem = ds.get_item(0x00080005)
+    elem = ds.get_item(SPECIFIC_CHARACTER_SET)
     if elem is None or not elem.value:
         return inherited or convert_encodings(None)
     value = elem.value

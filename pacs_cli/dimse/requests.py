@@ -172,7 +172,7 @@ def store_file(assoc, context_id: int, path: str, offset: int, sop_class: str, s
     Call it inside :func:`sending`. pynetdicom's own reactions are kept: no response aborts the
     association unless it has ended, and an invalid one is logged and aborts it.
     """
-    _pause_reactor(assoc)
+    pause_reactor(assoc)
     try:
         if assoc.get_handlers(evt.EVT_DIMSE_SENT):  # -vv: pynetdicom's message object is logged
             assoc.dimse.send_msg(_primitive(msg_id, sop_class, sop_instance, path, offset), context_id)
@@ -219,7 +219,7 @@ def sending(assoc) -> Iterator[None]:
         assoc._reactor_checkpoint.set()
 
 
-def _pause_reactor(assoc) -> None:
+def pause_reactor(assoc) -> None:
     """As pynetdicom's SCU methods do, unless it is paused already (pynetdicom's own sends resume it)."""
     checkpoint = assoc._reactor_checkpoint
     if checkpoint.is_set():
