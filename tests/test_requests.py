@@ -34,6 +34,10 @@ class CapturingDUL:
         self.sent = []
         self._on_send = on_send
 
+    def write_pdata(self, values) -> bool:
+        """Never written in the sending thread (as over TLS): every PDU is queued through send_pdu."""
+        return False
+
     def send_pdu(self, primitive) -> None:
         self.sent.append(primitive)
         self._on_send(primitive)

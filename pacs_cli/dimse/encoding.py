@@ -10,6 +10,7 @@ are checked against pydicom's encoder in tests/test_encoding.py.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from pacs_cli.vrs import CHARACTER_SET_VRS, LONG_LENGTH_VRS, TEXT_VRS
@@ -19,6 +20,8 @@ _COMMAND_US = struct.Struct("<HHLH")
 _GROUP_LENGTH = struct.Struct("<HHLL")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _EXPLICIT_LONG = struct.Struct("<HH2sxxL")
+_TAG = struct.Struct("<HH")
+_SHORT_LENGTH, _LONG_LENGTH = struct.Struct("<H"), struct.Struct("<L")
 
 
 def ui_value(uid) -> bytes:
@@ -74,21 +77,38 @@ def flat_dataset(elements: list[tuple[int, str, str]], implicit: bool, codec: st
     :data:`~pacs_cli.vrs.CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any VR is zero
     length (an SQ: an empty sequence of defined length, as pydicom writes it). A non-empty value of a
     binary VR, non-ASCII text where only ASCII is allowed, or a value too long for its length field
-    returns None.
+    returns None. A C-FIND SCP writes one per match: each element's header is packed from a cached
+    prefix (:func:`_header`).
     """
+    parts = []
     try:
-        return b"".join(element(tag, vr, _value(vr, text, codec), implicit) for tag, vr, text in elements)
-    except ValueError:  # UnicodeEncodeError included
+        for tag, vr, text in elements:
+            value = _value(vr, text, codec)
+            prefix, length = _header(tag, vr, implicit)
+            parts += (prefix, length.pack(len(value)), value)
+    except (ValueError, struct.error):  # UnicodeEncodeError included; struct.error: too long for 2 bytes
         return None
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(tag: int, vr: str, implicit: bool) -> tuple[bytes, struct.Struct]:
+    """An element's header up to its length, and how the length is packed (PS3.5 7.1)."""
+    tag_bytes = _TAG.pack(tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return tag_bytes, _LONG_LENGTH
+    if vr in LONG_LENGTH_VRS:
+        return tag_bytes + vr.encode("ascii") + b"\x00\x00", _LONG_LENGTH
+    return tag_bytes + vr.encode("ascii"), _SHORT_LENGTH
 
 
 def _value(vr: str, text: str, codec: str) -> bytes:
     if not text:
         return b""
-    if vr in CHARACTER_SET_VRS:
-        return text_value(text, codec)
     if vr in TEXT_VRS:
-        return text_value(text)
-    if vr == "UI":
-        return ui_value(text)
-    raise ValueError(f"no text encoding for {vr}")
+        value, padding = text.encode(codec if vr in CHARACTER_SET_VRS else "ascii"), b" "
+    elif vr == "UI":
+        value, padding = text.encode("ascii"), b"\x00"
+    else:
+        raise ValueError(f"no text encoding for {vr}")
+    return value + padding if len(value) % 2 else value

@@ -33,6 +33,7 @@ yields exactly what the SCP would send, straight from an index file, without a n
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from io import BytesIO
@@ -151,11 +152,32 @@ class Request:
     query: matching.Query
     keys: tuple[Text, ...]
 
-    @property
+    @functools.cached_property
     def character_set(self) -> list[str]:
         """The request's Specific Character Set values, [] when it had none."""
         texts = [k.text for k in self.keys if k.tag == SPECIFIC_CHARACTER_SET]
         return [v.strip() for v in texts[0].split("\\")] if texts and texts[0].strip() else []
+
+    @functools.cached_property
+    def returned(self) -> tuple[tuple[int, str, str | None, str], ...]:
+        """What every response holds, in tag order: (tag, VR, the index column giving the value or None,
+        the value when no column does). Worked out once per request, not once per match.
+
+        Every requested key (groups 0000-0007 and the character set aside), the Query/Retrieve Level as
+        asked, and the unique key of the level even when not asked for.
+        """
+        elements = {}
+        for key in self.keys:
+            if key.tag == SPECIFIC_CHARACTER_SET or key.tag >> 16 < 0x0008:  # groups 0000-0007 are no data
+                continue
+            if key.tag == QUERY_RETRIEVE_LEVEL:
+                elements[key.tag] = (key.vr, None, self.level)
+                continue
+            column = matching.column_for(key.keyword)
+            elements[key.tag] = (key.vr, column.keyword if column is not None and key.vr != "SQ" else None, "")
+        unique = UNIQUE_KEYS[self.level]
+        elements.setdefault(tag_for_keyword(unique.keyword), (unique.vr, unique.keyword, ""))
+        return tuple((tag, vr, column, text) for tag, (vr, column, text) in sorted(elements.items()))
 
 
 @dataclass(frozen=True)
@@ -215,20 +237,9 @@ def _response_elements(request: Request, row: dict[str, str]) -> tuple[list[str]
 
     The character set is ``ISO_IR 192`` when any value is not ASCII, else the request's own, if any.
     """
-    elements = {}
-    for key in request.keys:
-        if key.tag == SPECIFIC_CHARACTER_SET or key.tag >> 16 < 0x0008:  # groups 0000-0007 are no data
-            continue
-        if key.tag == QUERY_RETRIEVE_LEVEL:
-            elements[key.tag] = (key.vr, request.level)
-            continue
-        column = matching.column_for(key.keyword)
-        value = row.get(column.keyword, "") if column is not None and key.vr != "SQ" else ""
-        elements[key.tag] = (key.vr, value)
-    unique = UNIQUE_KEYS[request.level]
-    elements.setdefault(tag_for_keyword(unique.keyword), (unique.vr, row.get(unique.keyword, "")))
-    character_set = [UTF8] if any(not value.isascii() for _, value in elements.values()) else request.character_set
-    return character_set, [(tag, vr, value) for tag, (vr, value) in sorted(elements.items())]
+    elements = [(tag, vr, text if column is None else row.get(column, "")) for tag, vr, column, text in request.returned]
+    character_set = [UTF8] if any(not text.isascii() for _, _, text in elements) else request.character_set
+    return character_set, elements
 
 
 def combined_datetime_agreed(assoc, model: Model) -> bool:
@@ -300,19 +311,24 @@ def _matches(event, index: Index, request: Request, options: QueryOptions, outco
 
     pending = PendingResponses(event)
     limit = options.max_results
-    for row in index.find(request.query):
-        wait_for_the_network(event.assoc)
-        if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
-            outcome["status"] = CANCEL
-            yield CANCEL, None
-            return
-        if limit is not None and outcome["matches"] >= limit:  # a match beyond the cap exists
-            outcome["status"] = OUT_OF_RESOURCES
-            yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
-            return
-        outcome["matches"] += 1
-        if pending.implicit is None or not pending.send(encoded_response(request, row, pending.implicit)):
-            yield PENDING, response(request, row)
+    try:
+        for row in index.find(request.query):
+            wait_for_the_network(event.assoc)
+            if event.is_cancelled:  # reading it consumes the C-CANCEL: act on it now (pynetdicom.md §1.2)
+                outcome["status"] = CANCEL
+                pending.flush()
+                yield CANCEL, None
+                return
+            if limit is not None and outcome["matches"] >= limit:  # a match beyond the cap exists
+                outcome["status"] = OUT_OF_RESOURCES
+                pending.flush()
+                yield status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches: narrow the query"), None
+                return
+            outcome["matches"] += 1
+            if pending.implicit is None or not pending.send(encoded_response(request, row, pending.implicit)):
+                yield PENDING, response(request, row)
+    finally:
+        pending.flush()  # before the final response pynetdicom sends once this generator ends
     outcome["status"] = SUCCESS
 
 

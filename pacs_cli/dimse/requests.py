@@ -157,8 +157,7 @@ def _read_into(file, values: list[bytearray]) -> None:
 def send_pdata(dul, values: list[tuple[int, bytes | bytearray]]) -> None:
     """One P-DATA-TF PDU of (context ID, PDV value) items: written in this thread when the DUL allows
     it (:meth:`~pacs_cli.dimse.reactor.EventDrivenDUL.write_pdata`), else queued for the DUL's."""
-    write = getattr(dul, "write_pdata", None)
-    if write is not None and write(values):
+    if dul.write_pdata(values):
         return
     pdata = P_DATA()
     pdata.presentation_data_value_list.extend(values)

@@ -16,6 +16,8 @@ against pynetdicom's encoder in tests/test_responses.py and tests/test_requests.
 
 from __future__ import annotations
 
+import time
+
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -89,23 +91,50 @@ class PendingResponses:
     syntax other than Little Endian uncompressed: the caller then encodes nothing and takes that path.
     :meth:`send` returns False (nothing sent) when the response must take it anyway: no identifier
     bytes, an association without :class:`FastResponseDIMSE`, or -vv logging.
+
+    Responses to rows that come in quick succession (less than :data:`HOLD_GAP` apart) are held and
+    written together, up to :data:`HOLD_PDUS` in one system call, which the peer then reads in one
+    too; after a slower row, and by :meth:`flush` (before any other response and at the end of the
+    matches), whatever is held goes out at once.
     """
 
     PENDING = 0xFF00
+    HOLD_PDUS = 16
+    HOLD_GAP = 0.001  # seconds between two rows below which the second's response may wait for more
     _IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
     def __init__(self, event):
         context = event.context
         self.implicit = self._IMPLICIT.get(context.transfer_syntax)
-        self._dimse = event.assoc.dimse
+        dimse = event.assoc.dimse
+        self._dul = dimse.dul
+        self._fast = isinstance(dimse, FastResponseDIMSE) and not event.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        self._limit = dimse.maximum_pdu_size
         self._context_id = context.context_id
         self._command = c_find_rsp_command(event.request.AffectedSOPClassUID, event.request.MessageID,
                                            self.PENDING, identifier=True)
+        self._held: list[list[tuple[int, bytes]]] = []
+        self._last_row = time.monotonic()
 
     def send(self, identifier: bytes | None) -> bool:
-        if identifier is None or not isinstance(self._dimse, FastResponseDIMSE):
+        if identifier is None or not self._fast:
+            self.flush()
             return False
-        return self._dimse.send_message(self._context_id, self._command, identifier)
+        self._held += message_pdus(self._context_id, self._command, identifier, self._limit)
+        now = time.monotonic()
+        if now - self._last_row >= self.HOLD_GAP or len(self._held) >= self.HOLD_PDUS:
+            self.flush()
+        self._last_row = now
+        return True
+
+    def flush(self) -> None:
+        """Send the responses held, in one write when this thread may write (else queued, in order)."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        if not self._dul.write_pdus(held):
+            for values in held:
+                requests.send_pdata(self._dul, values)
 
 
 def is_plain_store_response(primitive) -> bool:
@@ -148,15 +177,6 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         if limit and len(command) > limit - 6:  # pynetdicom's one-fragment rule
             return False
         requests.send_pdata(self.dul, [(context_id, LAST_COMMAND_FRAGMENT + command)])
-        return True
-
-    def send_message(self, context_id: int, command: bytes, dataset: bytes) -> bool:
-        """Send an encoded command set and its dataset (:func:`message_pdus`); False (nothing sent)
-        at -vv, as above."""
-        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            return False
-        for values in message_pdus(context_id, command, dataset, self.maximum_pdu_size):
-            requests.send_pdata(self.dul, values)
         return True
 
 

@@ -162,7 +162,7 @@ class PolicyACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-DEADLINE_SLACK = 1.0  # seconds a PDU read may run past its deadline (see GuardedSocket._recv_by)
+DEADLINE_SLACK = 1.0  # seconds a PDU read may run past its deadline (see GuardedSocket._socket_read)
 
 
 class GuardedSocket(reactor.PollReadySocket):
@@ -185,41 +185,32 @@ class GuardedSocket(reactor.PollReadySocket):
             security_alert(self.assoc._server, self._peer(),
                            f"dropped {self._peer()}: PDU of {nr_bytes} bytes announced, limit {limit}")
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit of {limit}")
-        data = self._recv_by(nr_bytes, time.monotonic() + self.pdu_deadline)
+        self._deadline = time.monotonic() + self.pdu_deadline
+        data = super().recv(nr_bytes)
         if nr_bytes == 6 and len(data) == 6:
             self._pdu_type = data[0]
         return data
 
-    def _recv_by(self, nr_bytes: int, deadline: float) -> bytearray:
-        """``nr_bytes`` read into one buffer by ``deadline``, or fewer when the peer closed.
+    def _socket_read(self, view: memoryview) -> int:
+        """One read by the PDU's deadline.
 
-        Each read goes straight into the buffer (a 0.5 MB PDU arrives in several: each chunk was
-        copied twice before), and the socket's timeout is set only when a read could otherwise
-        run more than :data:`DEADLINE_SLACK` past the deadline: setting it is a system call, and
-        with one per read it was a third of a PDU's system calls.
+        The socket's timeout is set only when a read could otherwise run more than
+        :data:`DEADLINE_SLACK` past the deadline: setting it is a system call, and with one per read
+        it was a third of a PDU's system calls.
         """
-        data = bytearray(nr_bytes)
-        with memoryview(data) as view:
-            got = 0
-            while got < nr_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    security_alert(self.assoc._server, self._peer(),
-                                   f"dropped {self._peer()}: PDU not complete within {self.pdu_deadline:g} s")
-                    raise TimeoutError(f"PDU not received within {self.pdu_deadline:g} s")
-                timeout = self.socket.gettimeout()
-                if timeout is None or timeout > remaining + DEADLINE_SLACK:
-                    self.socket.settimeout(remaining)
-                try:
-                    count = self.socket.recv_into(view[got:])
-                except TimeoutError:  # a timeout left shorter than this PDU's: look at the deadline again
-                    self.socket.settimeout(max(deadline - time.monotonic(), 0.001))
-                    continue
-                if not count:
-                    break
-                got += count
-        del data[got:]
-        return data
+        while True:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                security_alert(self.assoc._server, self._peer(),
+                               f"dropped {self._peer()}: PDU not complete within {self.pdu_deadline:g} s")
+                raise TimeoutError(f"PDU not received within {self.pdu_deadline:g} s")
+            timeout = self.socket.gettimeout()
+            if timeout is None or timeout > remaining + DEADLINE_SLACK:
+                self.socket.settimeout(remaining)
+            try:
+                return self.socket.recv_into(view)
+            except TimeoutError:  # a timeout left shorter than this PDU's: look at the deadline again
+                self.socket.settimeout(max(self._deadline - time.monotonic(), 0.001))
 
     def _peer(self) -> str:
         address = self.assoc.requestor.address_info

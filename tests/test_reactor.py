@@ -1,0 +1,80 @@
+"""Reading PDUs: what the peer sent together is read together, and every PDU comes out whole and in order."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from pacs_cli.dimse.reactor import READ_AHEAD, PollReadySocket
+
+
+def pdu(body_length: int, fill: int) -> bytes:
+    """A P-DATA-TF-shaped PDU: type, reserved byte, length, body."""
+    return struct.pack(">BBL", 0x04, 0, body_length) + bytes([fill]) * body_length
+
+
+class CountingSocket:
+    """A socket that counts the reads made on it."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.reads = sock, 0
+
+    def recv_into(self, view) -> int:
+        self.reads += 1
+        return self.sock.recv_into(view)
+
+
+@pytest.fixture
+def pair():
+    ours, peer = socket.socketpair()
+    wrapped = PollReadySocket(SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue())), client_socket=ours)
+    yield wrapped, peer
+    ours.close()
+    peer.close()
+
+
+def read_pdu(sock: PollReadySocket) -> bytes:
+    header = sock.recv(6)
+    if len(header) < 6:
+        return bytes(header)
+    return bytes(header + sock.recv(struct.unpack(">BBL", header)[2]))
+
+
+def send_in_background(peer: socket.socket, data: bytes) -> threading.Thread:
+    sender = threading.Thread(target=peer.sendall, args=(data,))
+    sender.start()
+    return sender
+
+
+def test_pdus_come_out_whole_and_in_order_whatever_their_size(pair):
+    sock, peer = pair
+    pdus = [pdu(length, number) for number, length in enumerate([10, 300, READ_AHEAD * 3 + 7, 5, READ_AHEAD - 6, 0])]
+    sender = send_in_background(peer, b"".join(pdus))
+    assert [read_pdu(sock) for _ in pdus] == pdus
+    sender.join()
+    assert not sock.read_ahead
+    peer.close()
+    assert read_pdu(sock) == b""  # the peer closed between PDUs: nothing, as pynetdicom's read gives
+
+
+def test_pdus_already_sent_are_read_in_one_system_call(pair):
+    sock, peer = pair
+    pdus = [pdu(200, number) for number in range(50)]  # 50 pending C-FIND responses, say
+    peer.sendall(b"".join(pdus))
+    sock.socket = counting = CountingSocket(sock.socket)
+    first = read_pdu(sock)
+    assert first == pdus[0] and sock.read_ahead and sock.ready  # the rest is held, and says so
+    assert [read_pdu(sock) for _ in pdus[1:]] == pdus[1:]
+    assert counting.reads == 1
+
+
+def test_a_pdu_cut_short_by_the_peer_comes_out_short(pair):
+    sock, peer = pair
+    peer.sendall(pdu(1000, 1)[:500])
+    peer.close()
+    assert len(read_pdu(sock)) == 500  # the reader sees fewer bytes than announced: Evt17 in the DUL
