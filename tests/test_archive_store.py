@@ -398,6 +398,7 @@ def test_a_full_index_is_out_of_resources_and_leaves_no_file(tmp_path, tiny_tmpf
             archive.store_file(staged, "SCU", ds.SOPClassUID, "1.2.9")
 
         assert not staged.exists() and archived_files(archive.root) == []
+        assert [p.name for p in archive.root.iterdir() if p.is_dir()] == [".incoming"]  # nor its directories
         (tiny_tmpfs / "fill").unlink()
         assert count(tiny_tmpfs / "index.sqlite", "instances") == 0
 

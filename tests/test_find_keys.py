@@ -165,6 +165,16 @@ def test_decoded_identifiers_are_the_datasets_pydicom_reads(keys, implicit):
     assert (ours.original_encoding, ours.original_character_set) == (pydicoms.original_encoding,
                                                                       pydicoms.original_character_set)
     assert flatten(ours) == flatten(pydicoms)
+    state = {name: value for name, value in vars(ours).items() if name != "_dict"}
+    assert state == {name: value for name, value in vars(pydicoms).items() if name != "_dict"}
+
+
+def test_decoded_identifiers_share_no_state():
+    data = encode(identifier("PatientID=1"), True, True)
+    first, second = identifiers.decode_identifier(data, True), identifiers.decode_identifier(data, True)
+    first.PatientID = "2"
+    first.private_block(0x0009, "ME", create=True)
+    assert second.PatientID == "1" and second._private_blocks == {} and first._private_blocks
 
 
 @pytest.mark.parametrize("data", [

@@ -307,6 +307,7 @@ class Archive:
         moved = False
         backup = None
         old_file = None
+        created: list[Path] = []
         try:
             with self.index.write() as tx:
                 existing = tx.instance(uid)
@@ -315,6 +316,7 @@ class Archive:
                     return self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
                 parents = self._io(lambda: self.layout.make_parents(final), header,
                                    f"cannot create the directories of {final}")
+                created = parents.created
                 key = parents.key or self.key_for(final)
                 owner = tx.owner_of_path(key)
                 if owner is not None and owner != uid:
@@ -330,10 +332,10 @@ class Archive:
                 if existing is not None and existing["path"] != key:
                     old_file = self.path_for(existing["path"])
         except sqlite3.Error as exc:
-            self._undo(moved, final, backup)
+            self._undo(moved, final, backup, created)
             raise OutOfResources(f"cannot update the index: {exc}", uid) from None
         except BaseException:
-            self._undo(moved, final, backup)
+            self._undo(moved, final, backup, created)
             raise
         self._forget(backup)
         if old_file is not None and is_inside(self.layout.root, os.path.realpath(old_file)):
@@ -360,8 +362,9 @@ class Archive:
         os.link(final, backup)
         return backup
 
-    def _undo(self, moved: bool, final: Path, backup: Path | None) -> None:
-        """Put the file system back as it was before _commit."""
+    def _undo(self, moved: bool, final: Path, backup: Path | None, created: list[Path]) -> None:
+        """Put the file system back as it was before _commit, the directories it created included
+        (a store refused for a path another instance holds left them empty)."""
         try:
             if backup is not None:
                 os.replace(backup, final)
@@ -369,6 +372,11 @@ class Archive:
                 os.unlink(final)
         except OSError as exc:
             log.error("could not undo the store of %s: %s", final, _why(exc))
+        for directory in reversed(created):
+            try:
+                os.rmdir(directory)
+            except OSError:  # another store has put a file there meanwhile: it stays
+                break
 
     def _forget(self, path: Path | None) -> None:
         if path is None:

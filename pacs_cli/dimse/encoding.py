@@ -10,7 +10,6 @@ are checked against pydicom's encoder in tests/test_encoding.py.
 
 from __future__ import annotations
 
-import functools
 import struct
 
 from pacs_cli.vrs import CHARACTER_SET_VRS, LONG_LENGTH_VRS, TEXT_VRS
@@ -77,38 +76,48 @@ def flat_dataset(elements: list[tuple[int, str, str]], implicit: bool, codec: st
     :data:`~pacs_cli.vrs.CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any VR is zero
     length (an SQ: an empty sequence of defined length, as pydicom writes it). A non-empty value of a
     binary VR, non-ASCII text where only ASCII is allowed, or a value too long for its length field
-    returns None. A C-FIND SCP writes one per match: each element's header is packed from a cached
-    prefix (:func:`_header`).
+    returns None.
     """
-    parts = []
-    try:
-        for tag, vr, text in elements:
-            value = _value(vr, text, codec)
-            prefix, length = _header(tag, vr, implicit)
-            parts += (prefix, length.pack(len(value)), value)
-    except (ValueError, struct.error):  # UnicodeEncodeError included; struct.error: too long for 2 bytes
-        return None
-    return b"".join(parts)
+    return FlatEncoder([(tag, vr) for tag, vr, _ in elements], implicit, codec).encode([text for *_, text in elements])
 
 
-@functools.lru_cache(maxsize=1024)
-def _header(tag: int, vr: str, implicit: bool) -> tuple[bytes, struct.Struct]:
-    """An element's header up to its length, and how the length is packed (PS3.5 7.1)."""
-    tag_bytes = _TAG.pack(tag >> 16, tag & 0xFFFF)
-    if implicit:
-        return tag_bytes, _LONG_LENGTH
-    if vr in LONG_LENGTH_VRS:
-        return tag_bytes + vr.encode("ascii") + b"\x00\x00", _LONG_LENGTH
-    return tag_bytes + vr.encode("ascii"), _SHORT_LENGTH
+class FlatEncoder:
+    """:func:`flat_dataset` for datasets whose tags and VRs are known in advance: a C-FIND SCP's
+    responses to one request, one per match. Each element's header up to its length, how its length
+    is packed, its padding and its codec are worked out once; per dataset only the values are encoded.
+    """
 
+    def __init__(self, elements: list[tuple[int, str]], implicit: bool, codec: str):
+        self._steps = [self._step(tag, vr, implicit, codec) for tag, vr in elements]
 
-def _value(vr: str, text: str, codec: str) -> bytes:
-    if not text:
-        return b""
-    if vr in TEXT_VRS:
-        value, padding = text.encode(codec if vr in CHARACTER_SET_VRS else "ascii"), b" "
-    elif vr == "UI":
-        value, padding = text.encode("ascii"), b"\x00"
-    else:
-        raise ValueError(f"no text encoding for {vr}")
-    return value + padding if len(value) % 2 else value
+    @staticmethod
+    def _step(tag: int, vr: str, implicit: bool, codec: str) -> tuple[bytes, object, bytes, str | None]:
+        """(header up to the length, its packer, padding, codec or None where only an empty value fits)."""
+        prefix = _TAG.pack(tag >> 16, tag & 0xFFFF)
+        if implicit:
+            length = _LONG_LENGTH
+        elif vr in LONG_LENGTH_VRS:
+            prefix, length = prefix + vr.encode("ascii") + b"\x00\x00", _LONG_LENGTH
+        else:
+            prefix, length = prefix + vr.encode("ascii"), _SHORT_LENGTH
+        if vr in TEXT_VRS:
+            return prefix, length.pack, b" ", codec if vr in CHARACTER_SET_VRS else "ascii"
+        return prefix, length.pack, b"\x00", "ascii" if vr == "UI" else None
+
+    def encode(self, texts: list[str]) -> bytes | None:
+        """The dataset of these values, one per element in order; None when pydicom must encode it."""
+        parts = []
+        try:
+            for (prefix, pack, padding, codec), text in zip(self._steps, texts):
+                if not text:
+                    value = b""
+                elif codec is None:
+                    return None  # a binary VR given as text: pydicom converts it
+                else:
+                    value = text.encode(codec)
+                    if len(value) % 2:
+                        value += padding
+                parts += (prefix, pack(len(value)), value)
+        except (UnicodeEncodeError, struct.error):  # struct.error: too long for a 2-byte length
+            return None
+        return b"".join(parts)

@@ -33,6 +33,7 @@ yields exactly what the SCP would send, straight from an index file, without a n
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import sqlite3
@@ -179,6 +180,23 @@ class Request:
         elements.setdefault(tag_for_keyword(unique.keyword), (unique.vr, unique.keyword, ""))
         return tuple((tag, vr, column, text) for tag, (vr, column, text) in sorted(elements.items()))
 
+    def encoder(self, implicit: bool, character_set: tuple[str, ...]) -> tuple[encoding.FlatEncoder, int]:
+        """The encoder of this request's responses, with a Specific Character Set element when
+        ``character_set`` is not empty, and where that element goes among :attr:`returned`'s."""
+        key = (implicit, character_set)
+        if key not in self._encoders:
+            elements = [(tag, vr) for tag, vr, _, _ in self.returned]
+            at = bisect.bisect([tag for tag, _ in elements], SPECIFIC_CHARACTER_SET)
+            if character_set:
+                elements.insert(at, (SPECIFIC_CHARACTER_SET, "CS"))
+            codec = "utf-8" if character_set == (UTF8,) else "ascii"
+            self._encoders[key] = encoding.FlatEncoder(elements, implicit, codec), at
+        return self._encoders[key]
+
+    @functools.cached_property
+    def _encoders(self) -> dict:
+        return {}
+
 
 @dataclass(frozen=True)
 class QueryOptions:
@@ -212,11 +230,11 @@ def answers(index: Index, request: Request) -> Iterator[Dataset]:
 
 def response(request: Request, row: dict[str, str]) -> Dataset:
     """The response identifier for one row: every requested key, filled or zero length."""
-    character_set, elements = _response_elements(request, row)
+    character_set, texts = _response_values(request, row)
     ds = Dataset()
     if character_set:
         ds.SpecificCharacterSet = character_set  # set first: values are encoded with it
-    for tag, vr, value in elements:
+    for (tag, vr, _, _), value in zip(request.returned, texts):
         value = Sequence() if vr == "SQ" else None if value == "" and vr in NUMBER_VRS else value
         ds.add(DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE))
     return ds
@@ -224,22 +242,21 @@ def response(request: Request, row: dict[str, str]) -> Dataset:
 
 def encoded_response(request: Request, row: dict[str, str], implicit: bool) -> bytes | None:
     """:func:`response` as its encoded bytes, without pydicom; None when only pydicom can encode it."""
-    character_set, elements = _response_elements(request, row)
-    codec = "ascii"
+    character_set, texts = _response_values(request, row)
+    encoder, at = request.encoder(implicit, tuple(character_set))
     if character_set:
-        codec = "utf-8" if character_set == [UTF8] else "ascii"
-        elements = sorted([(SPECIFIC_CHARACTER_SET, "CS", "\\".join(character_set)), *elements])
-    return encoding.flat_dataset(elements, implicit, codec)
+        texts.insert(at, "\\".join(character_set))
+    return encoder.encode(texts)
 
 
-def _response_elements(request: Request, row: dict[str, str]) -> tuple[list[str], list[tuple[int, str, str]]]:
-    """(Specific Character Set values or [], the (tag, VR, text) of every other element in tag order).
+def _response_values(request: Request, row: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(Specific Character Set values or [], the text of each element of ``request.returned``).
 
     The character set is ``ISO_IR 192`` when any value is not ASCII, else the request's own, if any.
     """
-    elements = [(tag, vr, text if column is None else row.get(column, "")) for tag, vr, column, text in request.returned]
-    character_set = [UTF8] if any(not text.isascii() for _, _, text in elements) else request.character_set
-    return character_set, elements
+    texts = [text if column is None else row.get(column, "") for _, _, column, text in request.returned]
+    character_set = [UTF8] if any(not text.isascii() for text in texts) else request.character_set
+    return character_set, texts
 
 
 def combined_datetime_agreed(assoc, model: Model) -> bool:
@@ -485,11 +502,12 @@ def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Itera
 
     context = assoc._get_valid_context(sop_class, "", "scu")
     syntax = context.transfer_syntax[0]
+    implicit = syntax.is_implicit_VR
     request = C_FIND()
     request.MessageID = msg_id
     request.AffectedSOPClassUID = sop_class
     request.Priority = LOW_PRIORITY
-    request.Identifier = BytesIO(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian))
+    request.Identifier = BytesIO(encode(identifier, implicit, syntax.is_little_endian))
     pause_reactor(assoc)
     try:
         assoc.dimse.send_msg(request, context.context_id)
@@ -508,7 +526,7 @@ def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Itera
                 yield FindResponse(response.Status, None, str(response.ErrorComment or ""))
                 return
             try:
-                found = decode_identifier(response.Identifier.getvalue(), syntax.is_implicit_VR)
+                found = decode_identifier(response.Identifier.getvalue(), implicit)
             except Exception as exc:  # noqa: BLE001 - pydicom raises what the bytes make it raise
                 log.error("cannot decode a C-FIND response identifier: %s", exc)
                 found = None

@@ -24,7 +24,9 @@ would warn about every wildcard (``C*`` is no valid CS, yet a valid key).
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import re
 import struct
 from collections.abc import Iterable, Iterator
@@ -276,10 +278,28 @@ def decode_identifier(data: bytes, implicit: bool) -> Dataset:
         from pynetdicom.dsutils import decode
 
         return decode(BytesIO(data), implicit, True)
-    ds = Dataset(raw, parent_encoding=default_encoding)
     charset = raw.get(SPECIFIC_CHARACTER_SET)
     encoding = default_encoding if charset is None else convert_encodings(convert_raw_data_element(charset).value)
-    ds.set_original_encoding(implicit, True, encoding)
+    return _dataset_like(_blank(implicit, encoding if isinstance(encoding, str) else tuple(encoding)), raw)
+
+
+@functools.lru_cache(maxsize=32)
+def _blank(implicit: bool, encoding: str | tuple[str, ...]) -> Dataset:
+    """An empty Dataset as pydicom's reader leaves one read with this encoding."""
+    ds = Dataset(parent_encoding=default_encoding)
+    ds.set_original_encoding(implicit, True, encoding if isinstance(encoding, str) else list(encoding))
+    return ds
+
+
+def _dataset_like(blank: Dataset, raw: dict[BaseTag, RawDataElement]) -> Dataset:
+    """A Dataset in ``blank``'s state holding ``raw``: its attributes copied (containers each its own),
+    not assigned one by one through ``Dataset.__setattr__``, whose keyword lookups made building a
+    dataset cost as much as reading its elements."""
+    ds = Dataset.__new__(Dataset)
+    state = ds.__dict__
+    for name, value in blank.__dict__.items():
+        state[name] = copy.copy(value) if isinstance(value, (dict, list, set)) else value
+    state["_dict"] = raw
     return ds
 
 

@@ -151,6 +151,12 @@ class PollReadySocket(AssociationSocket):
             super().send(bytestream)
 
     @property
+    def over_tls(self) -> bool:
+        """An SSL socket (it has ``pending``): bytes may wait decrypted where ``poll`` cannot see them,
+        and two threads must not read and write it at once."""
+        return getattr(self.socket, "pending", None) is not None
+
+    @property
     def read_ahead(self) -> bool:
         """True when bytes of the next PDU were read already: nothing to wait for."""
         return bool(self._ahead)
@@ -161,8 +167,7 @@ class PollReadySocket(AssociationSocket):
             return False
         if self._ahead:
             return True
-        pending = getattr(self.socket, "pending", None)  # TLS: bytes decrypted but unread
-        if pending is not None and pending():
+        if self.over_tls and self.socket.pending():  # bytes decrypted but unread
             return True
         try:
             poller = select.poll()
@@ -281,7 +286,7 @@ class EventDrivenDUL(DULServiceProvider):
 
     def write_pdus(self, pdus: list[list[tuple[int, bytes | bytearray]]]) -> bool:
         """:meth:`write_pdata` for several PDUs, in one system call."""
-        if threading.current_thread() is not self and self._over_tls():
+        if threading.current_thread() is not self and self.socket.over_tls:
             return False
         with self._send_lock:
             if self.to_provider_queue.queue or not self._pdata_skips_state_machine():
@@ -298,9 +303,6 @@ class EventDrivenDUL(DULServiceProvider):
     @property
     def _send_lock(self) -> threading.RLock:
         return self.socket.send_lock
-
-    def _over_tls(self) -> bool:
-        return getattr(getattr(self.socket, "socket", None), "pending", None) is not None
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's read of one PDU, with P-DATA-TF in the data transfer state taken directly.

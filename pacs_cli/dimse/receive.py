@@ -68,6 +68,7 @@ _RESPONSE = {"fields": frozenset({"AffectedSOPClassUID", "CommandField", "Messag
              "required": frozenset({"MessageIDBeingRespondedTo", "CommandDataSetType", "Status"})}
 _UNKNOWN = (None, None)
 C_STORE_RSP_FIELD, C_FIND_RSP_FIELD = 0x8001, 0x8020
+MAX_TEMPLATES = 16  # C-FIND-RSP primitives remembered per association
 # The responses taken here, by Command Field: their primitive, and whether an identifier may follow.
 # A C-FIND-RSP (PS3.7 9.3.2.2) has the fields of a C-STORE-RSP but the SOP Instance UID.
 _RESPONSES = {C_STORE_RSP_FIELD: (C_STORE, False), C_FIND_RSP_FIELD: (C_FIND, True)}
@@ -247,20 +248,26 @@ class StagedStore:
 
 
 class BufferedResponse:
-    """A C-FIND-RSP whose identifier is being received, kept in memory as pynetdicom keeps it."""
+    """A C-FIND-RSP whose identifier is being received, kept in memory as pynetdicom keeps it.
+
+    ``template`` is the response's primitive without the identifier, built once for every response
+    with the same command bytes (:meth:`StagingDIMSE._response_template`): a C-FIND SCU receives the
+    same pending command once per match.
+    """
 
     _data_set_file = None  # nothing staged on disk, unlike a StagedStore
 
-    def __init__(self, fields: dict, context_id: int) -> None:
-        self.fields = fields
-        self.context_id = context_id
+    def __init__(self, template: C_FIND) -> None:
+        self.template = template
+        self.context_id = template._context_id
         self.data_set = BytesIO()
 
     def write(self, fragment: memoryview) -> None:
         self.data_set.write(fragment)
 
     def message_to_primitive(self) -> C_FIND:
-        primitive = primitive_from_fields(self.fields, self.context_id, C_FIND)
+        primitive = C_FIND.__new__(C_FIND)
+        primitive.__dict__.update(self.template.__dict__)
         primitive.Identifier = BytesIO(self.data_set.getvalue())
         return primitive
 
@@ -270,6 +277,8 @@ _BUFFERED = (StagedStore, BufferedResponse)  # messages whose dataset is taken h
 
 class StagingDIMSE(FastResponseDIMSE):
     """pynetdicom's DIMSE provider, taking PDVs straight from the DUL's receive buffer."""
+
+    _templates: dict[tuple[int, bytes], C_FIND]  # response primitives by context ID and command bytes
 
     def receive_pdvs(self, pdvs: list[tuple[int, memoryview]]) -> bool:
         """Take one P-DATA-TF PDU's PDVs; False when the message is malformed (the DUL aborts)."""
@@ -302,7 +311,12 @@ class StagingDIMSE(FastResponseDIMSE):
         context = self.assoc._accepted_cx.get(context_id)
         if context is None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
             return False
-        fields = command_fields(pdv[1:])
+        command = bytes(pdv[1:])
+        template = self._templates.get((context_id, command))
+        if template is not None:
+            self.message = BufferedResponse(template)
+            return True
+        fields = command_fields(command)
         if store_request(fields) is not None:
             self.message = StagedStore(fields, context_id, context.transfer_syntax[0],
                                        _config.STORE_RECV_CHUNKED_DATASET)
@@ -310,9 +324,25 @@ class StagingDIMSE(FastResponseDIMSE):
         if plain_response(fields) is None:
             return False
         if fields["CommandDataSetType"] != NO_DATASET:
-            self.message = BufferedResponse(fields, context_id)
+            template = self._response_template(context_id, command, fields)
+            if template is None:
+                return False
+            self.message = BufferedResponse(template)
             return True
         return self._queue_response(fields, context_id)
+
+    def _response_template(self, context_id: int, command: bytes, fields: dict) -> C_FIND | None:
+        """The primitive of a C-FIND-RSP with this command, built through pynetdicom's setters once and
+        remembered (a few per association: a query's pending command differs only by its message ID);
+        None when the setters refuse it."""
+        try:
+            template = primitive_from_fields(fields, context_id, C_FIND)
+        except Exception:  # noqa: BLE001 - pynetdicom decodes it and reports the fault its own way
+            return None
+        if len(self._templates) >= MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[context_id, command] = template
+        return template
 
     def _queue_response(self, fields: dict, context_id: int) -> bool:
         """A response without a dataset, its primitive built through pynetdicom's setters; False when
@@ -440,3 +470,4 @@ def _plain_status(status) -> int | None:
 
 def install(assoc) -> None:
     assoc.dimse.__class__ = StagingDIMSE
+    assoc.dimse._templates = {}

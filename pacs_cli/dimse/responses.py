@@ -33,6 +33,8 @@ SUB_OPERATION_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"), (0x1021, "Nu
                         (0x1022, "NumberOfFailedSuboperations"), (0x1023, "NumberOfWarningSuboperations"))
 NO_DATASET = 0x0101
 LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command, last fragment
+LAST_DATA_FRAGMENT = b"\x02"  # dataset, last fragment
+PDV_HEADER = requests.PDV_OVERHEAD - 1  # item length and context ID: the value holds the control header
 OPTIONAL_KEYWORDS = ("ErrorComment", "ErrorID", "OffendingElement")
 
 
@@ -113,6 +115,7 @@ class PendingResponses:
         self._context_id = context.context_id
         self._command = c_find_rsp_command(event.request.AffectedSOPClassUID, event.request.MessageID,
                                            self.PENDING, identifier=True)
+        self._command_pdv = (self._context_id, LAST_COMMAND_FRAGMENT + self._command)
         self._held: list[list[tuple[int, bytes]]] = []
         self._last_row = time.monotonic()
 
@@ -120,7 +123,11 @@ class PendingResponses:
         if identifier is None or not self._fast:
             self.flush()
             return False
-        self._held += message_pdus(self._context_id, self._command, identifier, self._limit)
+        value = LAST_DATA_FRAGMENT + identifier
+        if not self._limit or len(self._command_pdv[1]) + len(value) + 2 * PDV_HEADER <= self._limit:
+            self._held.append([self._command_pdv, (self._context_id, value)])  # message_pdus' one PDU
+        else:
+            self._held += message_pdus(self._context_id, self._command, identifier, self._limit)
         now = time.monotonic()
         if now - self._last_row >= self.HOLD_GAP or len(self._held) >= self.HOLD_PDUS:
             self.flush()
@@ -189,6 +196,5 @@ def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) ->
     as much as the rest of a small C-FIND response's cost. A longer one is sent as pynetdicom sends it.
     """
     values = [*requests.part_pdvs(command, limit), *requests.part_pdvs(dataset, limit, requests.DATA)]
-    item_headers = 2 * (requests.PDV_OVERHEAD - 1)  # each value holds its message control header already
-    together = len(values) == 2 and (not limit or len(values[0]) + len(values[1]) + item_headers <= limit)
+    together = len(values) == 2 and (not limit or len(values[0]) + len(values[1]) + 2 * PDV_HEADER <= limit)
     return [[(context_id, value) for value in group] for group in ([values] if together else [[v] for v in values])]
