@@ -42,7 +42,7 @@ def read_pdu(sock: PollReadySocket) -> bytes:
     header = sock.recv(6)
     if len(header) < 6:
         return bytes(header)
-    return bytes(header + sock.recv(struct.unpack(">BBL", header)[2]))
+    return bytes(header) + bytes(sock.recv(struct.unpack(">BBL", header)[2]))
 
 
 def send_in_background(peer: socket.socket, data: bytes) -> threading.Thread:

@@ -144,7 +144,6 @@ class PollReadySocket(AssociationSocket):
     def _set_up(self) -> None:
         self.send_lock = threading.RLock()
         self._ahead = memoryview(b"")
-        self._scratch = memoryview(bytearray(READ_AHEAD))
 
     def send(self, bytestream: bytes) -> None:
         with self.send_lock:
@@ -177,8 +176,12 @@ class PollReadySocket(AssociationSocket):
             self.event_queue.put("Evt17")  # transport connection closed
             return False
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        """``nr_bytes`` bytes, or fewer when the peer closed the connection (as pynetdicom's)."""
+    def recv(self, nr_bytes: int) -> bytearray | memoryview:
+        """``nr_bytes`` bytes, or fewer when the peer closed the connection (as pynetdicom's); a slice of
+        what was read ahead when it holds them all, so a PDU read with its neighbours is never copied."""
+        if len(self._ahead) >= nr_bytes:
+            data, self._ahead = self._ahead[:nr_bytes], self._ahead[nr_bytes:]
+            return data
         data = bytearray(nr_bytes)
         with memoryview(data) as view:
             got = self._read_into(view)
@@ -189,9 +192,9 @@ class PollReadySocket(AssociationSocket):
         """Fill ``view`` from what was read ahead, then from the socket; the bytes filled."""
         wanted, got = len(view), 0
         if self._ahead:
-            got = min(wanted, len(self._ahead))
-            view[:got] = self._ahead[:got]
-            self._ahead = self._ahead[got:]
+            got = len(self._ahead)
+            view[:got] = self._ahead
+            self._ahead = memoryview(b"")
         while got < wanted:
             if wanted - got >= READ_AHEAD:
                 count = self._socket_read(view[got:])
@@ -199,14 +202,14 @@ class PollReadySocket(AssociationSocket):
                     break
                 got += count
                 continue
-            count = self._socket_read(self._scratch)
+            ahead = memoryview(bytearray(READ_AHEAD))  # a new buffer: slices of the last may still be in use
+            count = self._socket_read(ahead)
             if not count:
                 break
             taken = min(count, wanted - got)
-            view[got:got + taken] = self._scratch[:taken]
+            view[got:got + taken] = ahead[:taken]
             got += taken
-            if count > taken:
-                self._ahead = memoryview(bytes(self._scratch[taken:count]))
+            self._ahead = ahead[taken:count]
         return got
 
     def _socket_read(self, view: memoryview) -> int:
