@@ -293,6 +293,35 @@ def test_move_contexts_are_at_most_128():
         ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"], ["1.2.840.10008.1.2.4.50"]]
 
 
+def test_watches_on_sent_responses_stop_in_any_order():
+    """The audit counts and a once-only status rewrite watch the same association's responses; the
+    rewrite may stop before or after the counts, and the association ends up sending as it did."""
+    from types import SimpleNamespace
+
+    from pacs_cli.dimse.retrieve import _SendWatch
+
+    class DIMSE:
+        def __init__(self):
+            self.sent = []
+
+        def send_msg(self, primitive, context_id):
+            self.sent.append(primitive)
+
+    seen = []
+    dimse = DIMSE()
+    assoc = SimpleNamespace(dimse=dimse)
+    first, second = _SendWatch(assoc, lambda p: seen.append(("first", p))), _SendWatch(assoc, lambda p: seen.append(("second", p)))
+    first.start()
+    second.start()
+    dimse.send_msg("a", 1)
+    first.stop()  # out of order
+    dimse.send_msg("b", 1)
+    second.stop()
+    dimse.send_msg("c", 1)
+    assert seen == [("first", "a"), ("second", "a"), ("second", "b")]
+    assert dimse.sent == ["a", "b", "c"] and "send_msg" not in vars(dimse)
+
+
 # --- sub-operations sent from the stored file -----------------------------------------------------
 
 

@@ -162,31 +162,37 @@ def handle_get(event, archive, events=None, audit=None):
 class _SendWatch:
     """Runs ``before(primitive)`` ahead of every message this association sends, while started.
 
-    The handler runs in the association's own thread, so wrapping this association's
-    ``dimse.send_msg`` (an instance attribute over the class's method) while the handler is active
-    touches nothing else. Watches stack: each wraps what was there and puts it back when it stops.
+    The handler runs in the association's own thread, so one wrapper over this association's
+    ``dimse.send_msg`` (an instance attribute over the class's method) touches nothing else. It calls
+    the started watches in the order they started, and goes when the last one stops, in whatever
+    order they stop (a once-only rewrite stops itself from inside a send).
     """
 
     def __init__(self, assoc, before):
         self.dimse = assoc.dimse
         self._before = before
-        self._previous = None
 
     def start(self) -> None:
-        self._previous = self.dimse.__dict__.get("send_msg")
-        send = self.dimse.send_msg
+        watches = self.dimse.__dict__.get("_send_watches")
+        if watches is None:
+            watches = self.dimse._send_watches = []
+            send = self.dimse.send_msg
 
-        def send_msg(primitive, context_id):
-            self._before(primitive)
-            send(primitive, context_id)
+            def send_msg(primitive, context_id):
+                for before in list(watches):
+                    before(primitive)
+                send(primitive, context_id)
 
-        self.dimse.send_msg = send_msg
+            self.dimse.send_msg = send_msg
+        watches.append(self._before)
 
     def stop(self) -> None:
-        if self._previous is None:
+        watches = self.dimse.__dict__.get("_send_watches", [])
+        if self._before in watches:
+            watches.remove(self._before)
+        if not watches:
             self.dimse.__dict__.pop("send_msg", None)
-        else:
-            self.dimse.send_msg = self._previous
+            self.dimse.__dict__.pop("_send_watches", None)
 
 
 class _Counts:
