@@ -202,8 +202,8 @@ def test_store_file_arrives_byte_identical(pynetdicom_scp, tmp_path, monkeypatch
         for number, path in enumerate(paths, start=1):
             _, offset = split_dataset(path)
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            rsp = requests.store_file(assoc, context_id, str(path), offset, ds.SOPClassUID, ds.SOPInstanceUID,
-                                      number)
+            request = requests.FileRequest(number, requests.LOW, ds.SOPClassUID, ds.SOPInstanceUID, (str(path), offset))
+            rsp = requests.store_file(assoc, context_id, request)
             assert rsp.Status == 0x0000 and rsp.MessageIDBeingRespondedTo == number
     assert received == [path.read_bytes()[split_dataset(path)[1]:] for path in paths]
     assert len(fast) == (0 if dimse_logging else len(paths))

@@ -494,7 +494,7 @@ def test_a_pacs_association_sends_a_stored_instance_from_its_file_or_converts_it
     from pacs_cli.dimse.substore import StoredInstance
 
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)  # substore turns it on; restored after
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)  # substore sends the file itself anyway
     path = make_file(tmp_path / "ct.dcm")
     ds = pydicom.dcmread(path)
     instance = StoredInstance(path, ExplicitVRLittleEndian, SOPClassUID=ds.SOPClassUID,
@@ -503,7 +503,10 @@ def test_a_pacs_association_sends_a_stored_instance_from_its_file_or_converts_it
 
     def handle(event):
         got[event.context.transfer_syntax] = event.request.DataSet.getvalue()
+        originators.append((event.request.MoveOriginatorApplicationEntityTitle, event.request.MoveOriginatorMessageID))
         return 0x0000
+
+    originators = []
 
     peer = AE(ae_title="DEST")
     peer.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -523,7 +526,7 @@ def test_a_pacs_association_sends_a_stored_instance_from_its_file_or_converts_it
             ae.add_requested_context(CTImageStorage, proposed)
             assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="DEST")
             try:
-                assert assoc.send_c_store(instance).Status == 0x0000
+                assert assoc.send_c_store(instance, msg_id=3, originator_aet="MOVER", originator_id=7).Status == 0x0000
             finally:
                 assoc.release()
                 ae.shutdown()
@@ -532,5 +535,6 @@ def test_a_pacs_association_sends_a_stored_instance_from_its_file_or_converts_it
     finally:
         peer.shutdown()
     assert files_read == {ExplicitVRLittleEndian: 0, ImplicitVRLittleEndian: 1}
+    assert originators == [("MOVER", 7), ("MOVER", 7)]  # a C-MOVE sub-operation says whose it is
     assert got[ExplicitVRLittleEndian] == dataset_bytes(path)
     assert got[ImplicitVRLittleEndian] == encode(ds, True, True)

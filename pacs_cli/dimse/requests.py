@@ -164,8 +164,7 @@ def send_pdata(dul, values: list[tuple[int, bytes | bytearray]]) -> None:
     dul.send_pdu(pdata)
 
 
-def store_file(assoc, context_id: int, path: str, offset: int, sop_class: str, sop_instance: str,
-               msg_id: int) -> C_STORE | None:
+def store_file(assoc, context_id: int, request: FileRequest) -> C_STORE | None:
     """``send_c_store(path)`` for a scanned file: the C-STORE-RSP primitive, or None when none came.
 
     Call it inside :func:`sending`. pynetdicom's own reactions are kept: no response aborts the
@@ -174,10 +173,9 @@ def store_file(assoc, context_id: int, path: str, offset: int, sop_class: str, s
     pause_reactor(assoc)
     try:
         if assoc.get_handlers(evt.EVT_DIMSE_SENT):  # -vv: pynetdicom's message object is logged
-            assoc.dimse.send_msg(_primitive(msg_id, sop_class, sop_instance, path, offset), context_id)
+            assoc.dimse.send_msg(_primitive(request), context_id)
         else:
-            send_file_request(assoc.dimse, FileRequest(msg_id, LOW, sop_class, sop_instance, (path, offset)),
-                              context_id)
+            send_file_request(assoc.dimse, request, context_id)
     except MessageCutShort:
         assoc.abort()  # PS3.8 7.3: the peer waits for the rest of the message; only an A-ABORT ends it
         raise
@@ -191,15 +189,17 @@ def store_file(assoc, context_id: int, path: str, offset: int, sop_class: str, s
     return response
 
 
-def _primitive(msg_id: int, sop_class: str, sop_instance: str, path: str, offset: int) -> C_STORE:
+def _primitive(request: FileRequest) -> C_STORE:
     """The C-STORE-RQ primitive pynetdicom's ``send_c_store`` builds for a file."""
-    request = C_STORE()
-    request.MessageID = msg_id
-    request.Priority = LOW
-    request.AffectedSOPClassUID = sop_class
-    request.AffectedSOPInstanceUID = sop_instance
-    request._dataset_path = (path, offset)  # as send_c_store sets it: pynetdicom's encoder reads it at -vv
-    return request
+    primitive = C_STORE()
+    primitive.MessageID = request.MessageID
+    primitive.Priority = request.Priority
+    primitive.AffectedSOPClassUID = request.AffectedSOPClassUID
+    primitive.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+    primitive.MoveOriginatorApplicationEntityTitle = request.MoveOriginatorApplicationEntityTitle
+    primitive.MoveOriginatorMessageID = request.MoveOriginatorMessageID
+    primitive._dataset_path = request._dataset_path  # as send_c_store sets it: pynetdicom's encoder reads it at -vv
+    return primitive
 
 
 @contextmanager

@@ -16,6 +16,9 @@ against pynetdicom's encoder in tests/test_responses.py and tests/test_requests.
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 import time
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -98,11 +101,18 @@ class PendingResponses:
     written together, up to :data:`HOLD_PDUS` in one system call, which the peer then reads in one
     too; after a slower row, and by :meth:`flush` (before any other response and at the end of the
     matches), whatever is held goes out at once.
+
+    A peer slower than this SCP would otherwise have the kernel's send buffer fill with thousands of
+    responses (written 16 at a time they take less room than one by one), all of them to be read
+    before the answer to a C-CANCEL: so no more is written while more than :data:`MAX_UNSENT` bytes
+    wait in it, unless the C-CANCEL has come (the caller then stops). Waiting, it looks every
+    millisecond: only a peer that cannot keep up waits at all.
     """
 
     PENDING = 0xFF00
     HOLD_PDUS = 16
     HOLD_GAP = 0.001  # seconds between two rows below which the second's response may wait for more
+    MAX_UNSENT = 64 * 1024  # bytes in the socket's send queue past which no more responses are written
     _IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
     def __init__(self, event):
@@ -118,6 +128,7 @@ class PendingResponses:
         self._command_pdv = (self._context_id, LAST_COMMAND_FRAGMENT + self._command)
         self._held: list[list[tuple[int, bytes]]] = []
         self._last_row = time.monotonic()
+        self._assoc, self._message_id = event.assoc, event.request.MessageID
 
     def send(self, identifier: bytes | None) -> bool:
         if identifier is None or not self._fast:
@@ -139,9 +150,26 @@ class PendingResponses:
         if not self._held:
             return
         held, self._held = self._held, []
+        self._wait_for_the_peer()
         if not self._dul.write_pdus(held):
             for values in held:
                 requests.send_pdata(self._dul, values)
+
+
+    def _wait_for_the_peer(self) -> None:
+        assoc = self._assoc
+        while (unsent_bytes(self._dul.socket.socket) > self.MAX_UNSENT and assoc.is_established
+               and self._message_id not in assoc.dimse.cancel_req):
+            time.sleep(0.001)
+
+
+def unsent_bytes(sock) -> int:
+    """Bytes written to ``sock`` that the peer has not acknowledged yet (Linux SIOCOUTQ); 0 where it
+    cannot be asked."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def is_plain_store_response(primitive) -> bool:

@@ -305,7 +305,7 @@ def scan(path: str, index: int = 0) -> Item | FileResult:
     try:
         with open(path, "rb") as fp:
             stat = os.fstat(fp.fileno())
-            header = _read_part10_header(fp)
+            header = read_part10_header(fp)
     except OSError as exc:
         return _failed_file(path, index, f"cannot read: {exc.strerror}")
     if header is None:
@@ -340,7 +340,7 @@ class Header(NamedTuple):
     sop_instance: str | None
 
 
-def _read_part10_header(fp) -> Header | None:
+def read_part10_header(fp) -> Header | None:
     """The :class:`Header` of a Part 10 file, or None for a file without a preamble (a raw dataset?).
 
     Most files are read from their first bytes by :func:`_quick_header`: measured, 0.06 ms a file
@@ -782,8 +782,8 @@ def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, c
 
 def _store_from_disk(assoc, item: Item, route: Route, msg_id: int) -> tuple[int, str | None] | None:
     """The file's dataset as it lies on disk: (status, error comment), or None without a response."""
-    rsp = requests.store_file(assoc, route.context_id, item.path, item.offset, item.sop_class, item.sop_instance,
-                              msg_id)
+    request = requests.FileRequest(msg_id, requests.LOW, item.sop_class, item.sop_instance, (item.path, item.offset))
+    rsp = requests.store_file(assoc, route.context_id, request)
     return None if rsp is None else (rsp.Status, rsp.ErrorComment)
 
 
