@@ -11,7 +11,7 @@ from pynetdicom.dsutils import encode
 
 from pacs_cli.archive.index import FileInfo, Index
 from pacs_cli.dimse import find
-from pacs_cli.dimse.encoding import flat_dataset
+from pacs_cli.dimse.encoding import FlatEncoder
 
 ELEMENTS = [
     (0x00080005, "CS", "ISO_IR 192"),
@@ -31,6 +31,10 @@ ELEMENTS = [
     (0x00321060, "LO", "x" * 64),
     (0x00400254, "LO", "é"),
 ]
+
+
+def flat_dataset(elements, implicit: bool, codec: str) -> bytes | None:
+    return FlatEncoder([(tag, vr) for tag, vr, _ in elements], implicit, codec).encode([text for *_, text in elements])
 
 
 def pydicom_bytes(elements, implicit: bool) -> bytes:

@@ -325,7 +325,7 @@ class Archive:
                 self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
                 moved = True
                 if self.fsync:  # the new name, and every directory created for it, in its parent
-                    for directory in [final.parent, *(d.parent for d in parents.created)]:
+                    for directory in [final.parent, *(d.parent for d in created)]:
                         self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
                 st = self._io(lambda: final.stat(), header, f"cannot stat {key}")
                 tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"))

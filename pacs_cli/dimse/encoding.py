@@ -3,7 +3,7 @@
 pydicom encodes a dataset element by element through its value classes, validation and character-set
 machinery: measured, a third of a millisecond for a ten-key C-FIND response identifier, more than the
 query that found it. The command sets of C-STORE and the identifiers of C-FIND responses are short runs
-of UI and text values, so they are written here with ``struct``. :func:`flat_dataset` refuses (None)
+of UI and text values, so they are written here with ``struct``. :class:`FlatEncoder` refuses (None)
 whatever it cannot write exactly as pydicom would, and the caller then takes pydicom's path; the bytes
 are checked against pydicom's encoder in tests/test_encoding.py.
 """
@@ -69,22 +69,17 @@ def command_text(number: int, text: str) -> bytes:
     return element(number, "AE", text_value(text), implicit=True)
 
 
-def flat_dataset(elements: list[tuple[int, str, str]], implicit: bool, codec: str) -> bytes | None:
-    """A dataset of ``(tag, VR, text)`` in tag order, Little Endian; None when pydicom must encode it.
+class FlatEncoder:
+    """Datasets of text elements whose tags and VRs are known in advance, Little Endian: a C-FIND
+    SCP's responses to one request, one per match. Each element's header up to its length, how its
+    length is packed, its padding and its codec are worked out once; per dataset only the values are
+    encoded.
 
     Text VRs are written as given (several values already joined by ``\\``), those of
-    :data:`~pacs_cli.vrs.CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any VR is zero
-    length (an SQ: an empty sequence of defined length, as pydicom writes it). A non-empty value of a
-    binary VR, non-ASCII text where only ASCII is allowed, or a value too long for its length field
-    returns None.
-    """
-    return FlatEncoder([(tag, vr) for tag, vr, _ in elements], implicit, codec).encode([text for *_, text in elements])
-
-
-class FlatEncoder:
-    """:func:`flat_dataset` for datasets whose tags and VRs are known in advance: a C-FIND SCP's
-    responses to one request, one per match. Each element's header up to its length, how its length
-    is packed, its padding and its codec are worked out once; per dataset only the values are encoded.
+    :data:`~pacs_cli.vrs.CHARACTER_SET_VRS` with ``codec``, the others in ASCII; an empty value of any
+    VR is zero length (an SQ: an empty sequence of defined length, as pydicom writes it). A non-empty
+    value of a binary VR, non-ASCII text where only ASCII is allowed, or a value too long for its
+    length field gives None: pydicom must encode that dataset.
     """
 
     def __init__(self, elements: list[tuple[int, str]], implicit: bool, codec: str):

@@ -37,9 +37,9 @@ import bisect
 import functools
 import logging
 import sqlite3
-from io import BytesIO
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -468,7 +468,7 @@ def find(connection: Connection, identifier: Dataset, model: Model, outcome: Out
         for response in c_find(assoc, identifier, model.uid):
             if response.status is None:
                 _raise_lost(assoc, connection)
-            if statuses.category(response.status) == "Pending":
+            if response.pending:
                 outcome.matches += 1
                 if response.identifier is not None:
                     yield response.identifier
@@ -479,10 +479,11 @@ def find(connection: Connection, identifier: Dataset, model: Model, outcome: Out
 
 class FindResponse(NamedTuple):
     """One C-FIND-RSP: its status (None when none came or it was invalid: the association is
-    aborted then), its identifier (pending responses only; None if it could not be decoded) and its
-    Error Comment."""
+    aborted then), whether it is a pending one (a match), its identifier (pending responses only;
+    None if it could not be decoded) and its Error Comment."""
 
     status: int | None
+    pending: bool = False
     identifier: Dataset | None = None
     comment: str = ""
 
@@ -498,18 +499,21 @@ def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Itera
     from pynetdicom.dimse_primitives import C_FIND
     from pynetdicom.dsutils import encode
 
-    from pacs_cli.dimse.requests import pause_reactor
+    from pacs_cli.dimse.requests import pause_reactor, sending
 
     context = assoc._get_valid_context(sop_class, "", "scu")
     syntax = context.transfer_syntax[0]
     implicit = syntax.is_implicit_VR
+    encoded = encode(identifier, implicit, syntax.is_little_endian)
+    if encoded is None:
+        raise ValueError("the query identifier cannot be encoded")  # as pynetdicom's send_c_find
     request = C_FIND()
     request.MessageID = msg_id
     request.AffectedSOPClassUID = sop_class
     request.Priority = LOW_PRIORITY
-    request.Identifier = BytesIO(encode(identifier, implicit, syntax.is_little_endian))
-    pause_reactor(assoc)
-    try:
+    request.Identifier = BytesIO(encoded)
+    with sending(assoc):
+        pause_reactor(assoc)
         assoc.dimse.send_msg(request, context.context_id)
         while True:
             _, response = assoc.dimse.get_msg(block=True)
@@ -523,7 +527,7 @@ def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Itera
                 yield FindResponse(None)
                 return
             if statuses.category(response.Status) != "Pending":
-                yield FindResponse(response.Status, None, str(response.ErrorComment or ""))
+                yield FindResponse(response.Status, comment=str(response.ErrorComment or ""))
                 return
             try:
                 found = decode_identifier(response.Identifier.getvalue(), implicit)
@@ -532,9 +536,7 @@ def c_find(assoc, identifier: Dataset, sop_class: str, msg_id: int = 1) -> Itera
                 found = None
             if found is not None and log.isEnabledFor(logging.DEBUG):
                 log.debug("C-FIND response identifier:\n%s", found)
-            yield FindResponse(response.Status, found)
-    finally:
-        assoc._reactor_checkpoint.set()
+            yield FindResponse(response.Status, True, found)
 
 
 def _datetime_negotiation(model: Model) -> SOPClassExtendedNegotiation:

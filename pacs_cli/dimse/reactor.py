@@ -25,11 +25,13 @@ when pynetdicom is upgraded.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import select
 import socket
 import struct
+import termios
 import threading
 
 from pynetdicom import evt
@@ -154,6 +156,14 @@ class PollReadySocket(AssociationSocket):
         """An SSL socket (it has ``pending``): bytes may wait decrypted where ``poll`` cannot see them,
         and two threads must not read and write it at once."""
         return getattr(self.socket, "pending", None) is not None
+
+    @property
+    def unsent(self) -> int:
+        """Bytes written that the peer has not acknowledged yet (Linux SIOCOUTQ); 0 where it cannot be asked."""
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     @property
     def read_ahead(self) -> bool:

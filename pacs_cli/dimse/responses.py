@@ -16,9 +16,6 @@ against pynetdicom's encoder in tests/test_responses.py and tests/test_requests.
 
 from __future__ import annotations
 
-import fcntl
-import struct
-import termios
 import time
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -37,7 +34,6 @@ SUB_OPERATION_COUNTS = ((0x1020, "NumberOfRemainingSuboperations"), (0x1021, "Nu
 NO_DATASET = 0x0101
 LAST_COMMAND_FRAGMENT = b"\x03"  # PS3.8 E.2: command, last fragment
 LAST_DATA_FRAGMENT = b"\x02"  # dataset, last fragment
-PDV_HEADER = requests.PDV_OVERHEAD - 1  # item length and context ID: the value holds the control header
 OPTIONAL_KEYWORDS = ("ErrorComment", "ErrorID", "OffendingElement")
 
 
@@ -125,7 +121,6 @@ class PendingResponses:
         self._context_id = context.context_id
         self._command = c_find_rsp_command(event.request.AffectedSOPClassUID, event.request.MessageID,
                                            self.PENDING, identifier=True)
-        self._command_pdv = (self._context_id, LAST_COMMAND_FRAGMENT + self._command)
         self._held: list[list[tuple[int, bytes]]] = []
         self._last_row = time.monotonic()
         self._assoc, self._message_id = event.assoc, event.request.MessageID
@@ -134,11 +129,7 @@ class PendingResponses:
         if identifier is None or not self._fast:
             self.flush()
             return False
-        value = LAST_DATA_FRAGMENT + identifier
-        if not self._limit or len(self._command_pdv[1]) + len(value) + 2 * PDV_HEADER <= self._limit:
-            self._held.append([self._command_pdv, (self._context_id, value)])  # message_pdus' one PDU
-        else:
-            self._held += message_pdus(self._context_id, self._command, identifier, self._limit)
+        self._held += message_pdus(self._context_id, self._command, identifier, self._limit)
         now = time.monotonic()
         if now - self._last_row >= self.HOLD_GAP or len(self._held) >= self.HOLD_PDUS:
             self.flush()
@@ -155,21 +146,11 @@ class PendingResponses:
             for values in held:
                 requests.send_pdata(self._dul, values)
 
-
     def _wait_for_the_peer(self) -> None:
         assoc = self._assoc
-        while (unsent_bytes(self._dul.socket.socket) > self.MAX_UNSENT and assoc.is_established
+        while (self._dul.socket.unsent > self.MAX_UNSENT and assoc.is_established
                and self._message_id not in assoc.dimse.cancel_req):
             time.sleep(0.001)
-
-
-def unsent_bytes(sock) -> int:
-    """Bytes written to ``sock`` that the peer has not acknowledged yet (Linux SIOCOUTQ); 0 where it
-    cannot be asked."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-    except (OSError, ValueError, AttributeError):
-        return 0
 
 
 def is_plain_store_response(primitive) -> bool:
@@ -223,6 +204,7 @@ def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) ->
     the PDUs, state machine events and queue hand-offs of pynetdicom's one PDV per PDU, which measured
     as much as the rest of a small C-FIND response's cost. A longer one is sent as pynetdicom sends it.
     """
-    values = [*requests.part_pdvs(command, limit), *requests.part_pdvs(dataset, limit, requests.DATA)]
-    together = len(values) == 2 and (not limit or len(values[0]) + len(values[1]) + 2 * PDV_HEADER <= limit)
-    return [[(context_id, value) for value in group] for group in ([values] if together else [[v] for v in values])]
+    if not limit or len(command) + len(dataset) + 2 * requests.PDV_OVERHEAD <= limit:
+        return [[(context_id, LAST_COMMAND_FRAGMENT + command), (context_id, LAST_DATA_FRAGMENT + dataset)]]
+    return [[(context_id, value)] for value in (*requests.part_pdvs(command, limit),
+                                                *requests.part_pdvs(dataset, limit, requests.DATA))]

@@ -59,10 +59,8 @@ class SendsStoredFiles:
             if context.transfer_syntax[0] != dataset.transfer_syntax:
                 return super().send_c_store(dcmread(dataset.path), msg_id, priority, originator_aet, originator_id)
             request = self._file_request(dataset.path, msg_id, priority, originator_aet, originator_id)
-            try:
+            with requests.sending(self):  # as send_c_store: the reactor resumes after each
                 response = requests.store_file(self, context.context_id, request)
-            finally:
-                self._reactor_checkpoint.set()  # as send_c_store: the reactor resumes after each
             return Dataset() if response is None else self._check_received_status(response)
         except Exception as exc:
             # pynetdicom counts the exception as one failed sub-operation and goes on with the next
