@@ -27,9 +27,9 @@ COMMANDS = {
     "getscu": "pacs_cli.commands.get:getscu",
 }
 ALIASES: dict[str, str] = {"find": "findscu"}
-# Commands that never handle pixel data: in a process of their own they load pydicom without numpy and
-# requests (see _without_pixel_libraries).
-PIXEL_FREE = {"echo", "findscu"}
+# Commands that never decode or encode pixel data: in a process of their own they load pydicom without
+# numpy (see without_numpy); storescu decides by its --decompress. Every command goes without requests.
+PIXEL_FREE = {"echo", "findscu", "storescp", "movescu", "getscu", "mwl-scp", "mpps-scu", "index"}
 # What main() hands the root group: this process runs one command, then exits.
 OWN_PROCESS = object()
 
@@ -43,6 +43,13 @@ class State:
     verbose: int
     quiet: bool
     config: config.Config
+    own_process: bool = False  # run by main(): the process ends with the command
+
+    def without_numpy(self) -> None:
+        """For a command that learns from its options that it handles no pixel data (storescu without
+        --decompress): pydicom loads without numpy, as for the PIXEL_FREE commands."""
+        if self.own_process:
+            _keep_out("numpy")
 
 
 class LazyGroup(click.Group):
@@ -108,11 +115,14 @@ def cli(ctx, verbose, quiet, config_path):
       3  could not connect, association rejected or aborted, or timed out
       130 interrupted
     """
-    if ctx.obj is OWN_PROCESS and ALIASES.get(ctx.invoked_subcommand, ctx.invoked_subcommand) in PIXEL_FREE:
-        _without_pixel_libraries()
+    own_process = ctx.obj is OWN_PROCESS
+    if own_process:
+        _keep_out("requests")
+        if ALIASES.get(ctx.invoked_subcommand, ctx.invoked_subcommand) in PIXEL_FREE:
+            _keep_out("numpy")
     logs.configure(verbose, quiet)
     cfg = config.load(config_path, COMMANDS, explicit=config_path is not None)
-    ctx.obj = State(verbose=verbose, quiet=quiet, config=cfg)
+    ctx.obj = State(verbose=verbose, quiet=quiet, config=cfg, own_process=own_process)
     ctx.default_map = cfg.default_map([*COMMANDS, *ALIASES])
 
 
@@ -138,21 +148,20 @@ def _with_verbosity(command: click.Command) -> click.Command:
     return command
 
 
-def _without_pixel_libraries() -> None:
-    """Have pydicom load as though numpy and requests were not installed.
+def _keep_out(name: str) -> None:
+    """Have pydicom load as though the package ``name`` (numpy or requests) were not installed.
 
     Any pydicom import imports both (``pydicom.config`` loads the pixel data handlers, those load
     ``pydicom.data`` and its test-file downloader), and no pydicom setting skips them: measured, they
-    were 0.3 s of a 0.74 s `pacs echo`. pydicom supports installs without either: numpy only decodes
-    and encodes pixel data and makes numpy-valued DS/IS (off by default), requests only downloads
-    pydicom's test files (urllib does it otherwise). Neither pynetdicom nor a PIXEL_FREE command uses
-    any of that. ``None`` in ``sys.modules`` is how the import system is told to fail an import. Only
+    were 0.3 s of a 0.74 s `pacs echo`, and 0.2 s of every `pacs storescu`. pydicom supports installs
+    without either: numpy only decodes and encodes pixel data and makes numpy-valued DS/IS (off by
+    default), requests only downloads pydicom's test files (urllib does it otherwise), and pynetdicom
+    uses neither. ``None`` in ``sys.modules`` is how the import system is told to fail an import. Only
     before pydicom's first import and only in a process of our own (:func:`main`): a library caller
     or a test run keeps its numpy.
     """
     if "pydicom" not in sys.modules:
-        for name in ("numpy", "requests"):
-            sys.modules.setdefault(name, None)
+        sys.modules.setdefault(name, None)
 
 
 def main() -> None:

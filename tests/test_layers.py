@@ -91,3 +91,18 @@ def test_other_commands_keep_numpy():
     result, loaded = loaded_packages("dump", get_testdata_file("CT_small.dcm"))
     assert result.returncode == 0, result.stderr
     assert "numpy" in loaded
+    assert "requests" not in loaded
+
+
+@pytest.mark.parametrize("decompress", [False, True], ids=["plain", "decompress"])
+def test_storescu_loads_numpy_only_to_decompress(dcmtk_storescp, decompress):
+    """numpy was a tenth of a second of every `pacs storescu`; only --decompress decodes pixel data."""
+    pytest.importorskip("numpy")
+    from pydicom.data import get_testdata_file
+
+    port, _ = dcmtk_storescp
+    args = ["storescu", "127.0.0.1", str(port), get_testdata_file("CT_small.dcm")]
+    result, loaded = loaded_packages(*args, *(["--decompress"] if decompress else []))
+    assert result.returncode == 0, result.stderr
+    assert ("numpy" in loaded) is decompress
+    assert "requests" not in loaded

@@ -125,6 +125,8 @@ def storescu(state, connection, paths, null_separated, recurse, associations, pa
       pacs storescu host 104 spool/ --journal sent.jsonl --on-success-rename .done
       pacs storescu host 104 '**/*.dcm' --report report.json --format ndjson | jq .status
     """
+    if not decompress:
+        state.without_numpy()
     from pacs_cli import output, progress
     from pacs_cli.dimse.send import TARGETS, SendOptions, StoreSCU
 

@@ -26,6 +26,7 @@ Results stream to the caller one :class:`FileResult` per file. Never imports cli
 
 from __future__ import annotations
 
+import array
 import collections
 import functools
 import glob
@@ -76,6 +77,7 @@ SLOWEST_RATE = 10e6  # bytes/s: -td is extended by size / this, as pynetdicom co
 CODECS_HINT = "pip install 'pacs-cli[codecs]' adds the JPEG, JPEG-LS and JPEG 2000 decoders"
 # PS3.5 7.3: values of these VRs are sequences of words of this many bytes, swapped between byte orders.
 WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+WORD_TYPES = {2: "H", 4: "I", 8: "Q"}  # array typecodes of those widths
 PIXEL_DATA = 0x7FE00010
 MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x00020002, 0x00020003, 0x00020010
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
@@ -669,7 +671,7 @@ class Negotiated:
         reason = f"{sop} in {source} not accepted by the peer"
         refused = f"the peer refused {source} for {sop} but accepts {_name(target)}"
         if not decompress:
-            decoder = "" if decoder_available(item.transfer_syntax) else f" ({CODECS_HINT})"
+            decoder = "" if decoder_available(item.transfer_syntax) is not False else f" ({CODECS_HINT})"
             return Route(reason=reason, error=refused, hint=f"add --decompress to send it uncompressed{decoder}")
         if not decoder_available(item.transfer_syntax):
             return Route(reason=f"cannot decompress {source}", hint=CODECS_HINT,
@@ -693,10 +695,13 @@ class Negotiated:
                           "or --ts explicit")
 
 
-def decoder_available(syntax: str) -> bool:
-    """True when an installed pixel data plugin can decode this transfer syntax (pydicom >= 3)."""
+def decoder_available(syntax: str) -> bool | None:
+    """True when an installed pixel data plugin can decode this transfer syntax (pydicom >= 3); None when
+    this process kept numpy out (storescu without --decompress), so pydicom cannot tell."""
     from pydicom.pixels import get_decoder
 
+    if "numpy" in sys.modules and sys.modules["numpy"] is None:
+        return None
     try:
         return get_decoder(UID(syntax)).is_available
     except (NotImplementedError, ValueError):
@@ -729,15 +734,19 @@ def prepare(item: Item, route: Route):
 
 
 def _to_little_endian(ds) -> None:
-    """Swap the words of binary values (PS3.5 7.3); pydicom re-encodes every other VR from its value."""
-    import numpy
+    """Swap the words of binary values (PS3.5 7.3); pydicom re-encodes every other VR from its value.
+
+    With the standard library's arrays, so that converting needs no numpy (which storescu keeps out
+    of its process unless --decompress: see cli.State.without_numpy)."""
 
     def swap(dataset, elem):
         width = WORD_BYTES.get(elem.VR)
         if elem.tag == PIXEL_DATA and elem.VR == "OW":
             width = max(2, int(dataset.get("BitsAllocated", 16)) // 8)
         if width and elem.value:
-            elem.value = numpy.frombuffer(elem.value, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+            words = array.array(WORD_TYPES[width], elem.value)  # ValueError unless whole words
+            words.byteswap()
+            elem.value = words.tobytes()
 
     ds.walk(swap)
 
