@@ -17,8 +17,10 @@ from pynetdicom.dsutils import create_file_meta, decode, encode
 from pydicom.filewriter import write_file_meta_info
 
 import pdus
+from pacs_cli.archive.header import scan_header
 from pacs_cli.dimse.receive import (
-    MalformedPDU, command_fields, file_meta, parse_response, parse_store_command, primitive_from_fields, split_pdvs,
+    HEAD_BYTES, MalformedPDU, StagedStore, command_fields, discard_staged, file_meta, parse_response,
+    parse_store_command, primitive_from_fields, split_pdvs,
 )
 from test_storescp import StoreSCP, make_file
 
@@ -232,6 +234,32 @@ def test_fragments_across_pdus_and_pdvs_are_stored_byte_identical(scp, tmp_path)
         uid, _ = dataset_bytes(path)
         assert path.read_bytes().startswith(pynetdicom_meta(CT_IMAGE, uid, ExplicitVRLittleEndian))
     assert scp.staging_leftovers() == []
+
+
+@pytest.mark.parametrize("fragment", [1001, HEAD_BYTES - 200, HEAD_BYTES + 5])
+def test_the_head_kept_while_staging_is_the_files_first_bytes(tmp_path, monkeypatch, fragment):
+    """The archive scans the header from what the receiver kept, instead of reading the staged file back:
+    the same bytes, the same size, the same values, however the fragments fall across HEAD_BYTES."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    uid, data = dataset_bytes(make_file(tmp_path / "source.dcm", rows=256))
+    fields = {"AffectedSOPClassUID": CT_IMAGE, "AffectedSOPInstanceUID": uid}
+    staged = StagedStore(fields, 1, ExplicitVRLittleEndian, chunked=True)
+    for start in range(0, len(data), fragment):
+        staged.write(memoryview(data)[start:start + fragment])
+    primitive = staged.message_to_primitive()
+    primitive._dataset_file.flush()
+    written = primitive._dataset_path.read_bytes()
+    try:
+        assert len(written) > HEAD_BYTES
+        assert primitive._pacs_head.data == written[:HEAD_BYTES]
+        assert primitive._pacs_head.size == len(written)
+        keywords = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "TransferSyntaxUID")
+        from_head = scan_header(primitive._dataset_path, keywords, primitive._pacs_head)
+        assert from_head == scan_header(primitive._dataset_path, keywords) and from_head["SOPInstanceUID"] == uid
+    finally:
+        discard_staged(primitive._dataset_file)
 
 
 @pytest.mark.parametrize("bad_pdu", [

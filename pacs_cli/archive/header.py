@@ -24,6 +24,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -74,14 +75,23 @@ class Header:
         return self["SOPClassUID"]
 
 
-def read_header(path: Path | str, extra_keywords: tuple[str, ...] = ()) -> Header:
-    """Read the index attributes (and ``extra_keywords``, e.g. a path template's) from a Part 10 file.
+class StagedHead(NamedTuple):
+    """The first SCAN_BYTES of a file just written (a received C-STORE's), and the file's size: what
+    :func:`scan_header` would read back from it."""
+
+    data: bytes
+    size: int
+
+
+def read_header(path: Path | str, extra_keywords: tuple[str, ...] = (), head: StagedHead | None = None) -> Header:
+    """Read the index attributes (and ``extra_keywords``, e.g. a path template's) from a Part 10 file,
+    scanning ``head`` when its writer kept it.
 
     Raises NotDicom, BadHeader, or OSError when the file cannot be read at all. Every hierarchy UID
     (Study, Series, SOP Instance) must be present: without them the instance has no place in the index.
     """
     keywords = tuple(dict.fromkeys(READ_KEYWORDS + tuple(extra_keywords)))
-    values = scan_header(path, keywords)
+    values = scan_header(path, keywords, head)
     header = Header(values) if values is not None else _read_with_pydicom(path, keywords)
     missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not header[k]]
     if missing:
@@ -190,17 +200,18 @@ class _Unscannable(Exception):
     """The fast scan cannot decide this file; pydicom reads it instead."""
 
 
-def scan_header(path: Path | str, keywords: tuple[str, ...]) -> dict[str, str] | None:
-    """The values of ``keywords`` from the first SCAN_BYTES of a little-endian Part 10 file, or None
-    when pydicom must read it. Raises NotDicom for a DICOMDIR, BadHeader for nesting past MAX_NESTING."""
+def scan_header(path: Path | str, keywords: tuple[str, ...], head: StagedHead | None = None) -> dict[str, str] | None:
+    """The values of ``keywords`` from the first SCAN_BYTES of a little-endian Part 10 file (``head``
+    when given), or None when pydicom must read it. Raises NotDicom for a DICOMDIR, BadHeader for
+    nesting past MAX_NESTING."""
     wanted = _wanted_tags(keywords)
     if wanted is None:
         return None
-    with open(path, "rb") as f:
-        data = f.read(SCAN_BYTES)
-        size = os.fstat(f.fileno()).st_size
+    if head is None:
+        with open(path, "rb") as f:
+            head = StagedHead(f.read(SCAN_BYTES), os.fstat(f.fileno()).st_size)
     try:
-        return _scan(data, keywords, wanted, size)
+        return _scan(head.data, keywords, wanted, head.size)
     except (_Unscannable, struct.error):
         return None
 

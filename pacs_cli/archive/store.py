@@ -40,7 +40,7 @@ from pacs_cli.archive import errors
 from pacs_cli.archive.errors import (
     ArchiveUnavailable, DuplicateRejected, InvalidInstance, NotFound, OutOfResources,
 )
-from pacs_cli.archive.header import Header, HeaderError, read_header
+from pacs_cli.archive.header import Header, HeaderError, StagedHead, read_header
 from pacs_cli.archive.index import DB_NAME, FileInfo, Index, Writer
 from pacs_cli.archive.layout import Layout, UnsafePath, is_inside, parse_template
 from pacs_cli.errors import UsageError
@@ -245,16 +245,16 @@ class Archive:
     # -- storing ---------------------------------------------------------------------------
 
     def store_file(self, staged: Path, calling_aet: str, sop_class_uid: str,
-                   sop_instance_uid: str) -> StoreOutcome:
+                   sop_instance_uid: str, head: StagedHead | None = None) -> StoreOutcome:
         """Validate, duplicate-check, move into place and index one staged Part 10 file.
 
         ``sop_class_uid``/``sop_instance_uid`` are the C-STORE command's Affected SOP Class/Instance
-        UIDs. Raises DuplicateRejected, InvalidInstance or OutOfResources; the staged file is gone
-        when this returns or raises.
+        UIDs; ``head``, the file's first bytes as its receiver wrote them. Raises DuplicateRejected,
+        InvalidInstance or OutOfResources; the staged file is gone when this returns or raises.
         """
         staged = Path(staged)
         try:
-            header = self._checked_header(staged, sop_class_uid, sop_instance_uid)
+            header = self._checked_header(staged, sop_class_uid, sop_instance_uid, head)
             final = self._target(header)
             if self.fsync:
                 self._io(lambda: _fsync(staged), header, f"cannot fsync {staged}")
@@ -272,11 +272,12 @@ class Archive:
         except OSError as exc:
             log.warning("cannot remove staged file %s: %s", staged, _why(exc))
 
-    def _checked_header(self, staged: Path, sop_class_uid: str, sop_instance_uid: str) -> Header:
+    def _checked_header(self, staged: Path, sop_class_uid: str, sop_instance_uid: str,
+                        head: StagedHead | None) -> Header:
         """The staged file's header, refused unless its UIDs match the C-STORE command's."""
         command_uid = _clean_uid(sop_instance_uid)
         try:
-            header = read_header(staged, self.layout.template.keywords)
+            header = read_header(staged, self.layout.template.keywords, head)
         except HeaderError as exc:
             raise InvalidInstance(str(exc), command_uid) from None
         except OSError as exc:

@@ -38,6 +38,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.utils import set_uid
 
+from pacs_cli.archive.header import SCAN_BYTES, StagedHead
 from pacs_cli.dimse.encoding import element, text_value, ui_value
 from pacs_cli.dimse.responses import FastResponseDIMSE
 
@@ -46,6 +47,7 @@ LOGGER = logging.getLogger("pynetdicom.dimse")
 COMMAND, LAST = 0x01, 0x02  # PS3.8 E.2 message control header bits
 C_STORE_RQ_FIELD = 0x0001
 NO_DATASET = 0x0101
+HEAD_BYTES = SCAN_BYTES  # what the header scan reads of a file
 _PDV_HEADER = struct.Struct(">LB")
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
@@ -228,14 +230,25 @@ class StagedStore:
         self.context_id = context_id
         self.data_set = BytesIO()
         self._data_set_file = self._data_set_path = None
+        self.head, self.size = bytearray(), 0
         if chunked:
             self._data_set_file = _staged_file()
             self._data_set_path = Path(self._data_set_file.name)
-            self._data_set_file.write(file_meta(fields["AffectedSOPClassUID"], fields["AffectedSOPInstanceUID"],
-                                                transfer_syntax))
+            meta = file_meta(fields["AffectedSOPClassUID"], fields["AffectedSOPInstanceUID"], transfer_syntax)
+            self._data_set_file.write(meta)
+            self.head += meta
+            self.size = len(meta)
 
     def write(self, fragment: memoryview) -> None:
-        (self._data_set_file or self.data_set).write(fragment)
+        """Into the staged file (its first HEAD_BYTES kept: the archive scans its header from them,
+        rather than opening and reading the file it was just written to) or into memory."""
+        if self._data_set_file is None:
+            self.data_set.write(fragment)
+            return
+        self._data_set_file.write(fragment)
+        self.size += len(fragment)
+        if len(self.head) < HEAD_BYTES:
+            self.head += fragment[:HEAD_BYTES - len(self.head)]
 
     def message_to_primitive(self) -> C_STORE:
         """The request primitive, through pynetdicom's validating setters, as its decoder would."""
@@ -243,6 +256,7 @@ class StagedStore:
         primitive.DataSet = self.data_set
         primitive._dataset_path = self._data_set_path
         primitive._dataset_file = self._data_set_file
+        primitive._pacs_head = StagedHead(bytes(self.head), self.size) if self._data_set_file else None
         primitive._pacs_staged = True
         return primitive
 

@@ -79,7 +79,8 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     if faults.status is not None:
         stats.add(failed=int(faults.status != SUCCESS))
         return status_dataset(faults.status, "fault injection (--fault-status)")
-    code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid)
+    head = getattr(request, "_pacs_head", None)  # the staged file's first bytes (dimse/receive.py)
+    code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid, head)
     fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
     address = assoc.requestor.address_info.address
     if outcome is None:
@@ -100,10 +101,10 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     return SUCCESS
 
 
-def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str):
+def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str, head):
     """(status, comment, outcome): the archive's typed errors mapped onto PS3.4 statuses."""
     try:
-        return SUCCESS, None, archive.store_file(staged, calling, sop_class, sop_uid)
+        return SUCCESS, None, archive.store_file(staged, calling, sop_class, sop_uid, head)
     except DuplicateRejected as exc:
         return DUPLICATE, str(exc), None
     except InvalidInstance as exc:
