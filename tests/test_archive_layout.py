@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pacs_cli.archive.layout import FLAT, HIERARCHICAL, Layout, UnsafePath, parse_template, safe_component
@@ -62,12 +64,13 @@ def test_bad_templates_are_usage_errors_naming_the_problem(template, message):
 def test_mixed_literal_and_fields(tmp_path):
     layout = Layout(tmp_path, parse_template("{StudyDate}_{Modality}/{SOPInstanceUID}.dcm"))
     target = layout.target({"StudyDate": "20240101", "Modality": "CT", "SOPInstanceUID": "1.2.3"})
-    assert target == tmp_path.resolve() / "20240101_CT" / "1.2.3.dcm"
+    assert target == str(tmp_path.resolve() / "20240101_CT" / "1.2.3.dcm")
 
 
 def test_missing_values_render_as_underscore(tmp_path):
     layout = Layout(tmp_path, parse_template(None))
-    assert layout.target({"SOPInstanceUID": "1.2"}).relative_to(tmp_path.resolve()).parts == ("_", "_", "_", "1.2.dcm")
+    target = Path(layout.target({"SOPInstanceUID": "1.2"}))
+    assert target.relative_to(tmp_path.resolve()).parts == ("_", "_", "_", "1.2.dcm")
 
 
 def test_make_parents_refuses_a_symlink_out_and_accepts_one_in(tmp_path):
@@ -83,12 +86,13 @@ def test_make_parents_refuses_a_symlink_out_and_accepts_one_in(tmp_path):
     assert list(outside.iterdir()) == []
     through_link = layout.target({"PatientID": "in", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
     parents = layout.make_parents(through_link)
-    assert parents.created == [root / "in" / "1"] and (root / "inside" / "1").is_dir()
+    assert parents.created == [str(root.resolve() / "in" / "1")] and (root / "inside" / "1").is_dir()
     assert parents.key is None  # the store resolves the link: the key names inside/1/2.dcm
 
 
 def test_the_key_is_the_relative_path_when_no_symlink_leads_to_the_file(tmp_path):
     layout = Layout(tmp_path, parse_template("{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm"))
     path = layout.target({"PatientID": "P", "StudyInstanceUID": "1", "SOPInstanceUID": "2"})
-    assert layout.make_parents(path) == ([tmp_path / "P", tmp_path / "P" / "1"], "P/1/2.dcm")
+    root = tmp_path.resolve()
+    assert layout.make_parents(path) == ([str(root / "P"), str(root / "P" / "1")], "P/1/2.dcm")
     assert layout.make_parents(path) == ([], "P/1/2.dcm")

@@ -143,6 +143,7 @@ class Archive:
         self._lock = threading.Lock()
         self._lock_file = lock_file
         self._reserved = {os.path.normcase(str(p)).casefold() for p in self.own_files()}
+        self._staging_prefix = os.path.join(layout.root, STAGING, "")
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class Archive:
         UIDs; ``head``, the file's first bytes as its receiver wrote them. Raises DuplicateRejected,
         InvalidInstance or OutOfResources; the staged file is gone when this returns or raises.
         """
-        staged = Path(staged)
+        staged = os.fspath(staged)
         try:
             header = self._checked_header(staged, sop_class_uid, sop_instance_uid, head)
             final = self._target(header)
@@ -263,7 +264,7 @@ class Archive:
         finally:
             self.discard(staged)
 
-    def discard(self, staged: Path) -> None:
+    def discard(self, staged: Path | str) -> None:
         """Remove a staged file (after an abort, or whatever store_file did not keep)."""
         try:
             os.unlink(staged)
@@ -272,7 +273,7 @@ class Archive:
         except OSError as exc:
             log.warning("cannot remove staged file %s: %s", staged, _why(exc))
 
-    def _checked_header(self, staged: Path, sop_class_uid: str, sop_instance_uid: str,
+    def _checked_header(self, staged: str, sop_class_uid: str, sop_instance_uid: str,
                         head: StagedHead | None) -> Header:
         """The staged file's header, refused unless its UIDs match the C-STORE command's."""
         command_uid = _clean_uid(sop_instance_uid)
@@ -290,25 +291,25 @@ class Archive:
                                   f"the command's {_clean_uid(sop_class_uid)!r}", command_uid, mismatch=True)
         return header
 
-    def _target(self, header: Header) -> Path:
+    def _target(self, header: Header) -> str:
         """The final path; refused when it would be outside the root or one of the archive's own files."""
         uid = header.sop_instance_uid
         try:
             final = self.layout.target(header.values)
         except UnsafePath as exc:
             raise InvalidInstance(str(exc), uid) from None
-        key = os.path.normcase(str(final)).casefold()
-        if key in self._reserved or is_inside(self.staging_dir, final):
+        key = os.path.normcase(final).casefold()
+        if key in self._reserved or final.startswith(self._staging_prefix):
             raise InvalidInstance(f"path {final} would overwrite the archive's own files", uid)
         return final
 
-    def _commit(self, staged: Path, header: Header, final: Path, calling_aet: str) -> StoreOutcome:
+    def _commit(self, staged: str, header: Header, final: str, calling_aet: str) -> StoreOutcome:
         """The serialised section: duplicate check, rename and index rows, all or nothing."""
         uid = header.sop_instance_uid
         moved = False
         backup = None
         old_file = None
-        created: list[Path] = []
+        created: list[str] = []
         try:
             with self.index.write() as tx:
                 existing = tx.instance(uid)
@@ -326,9 +327,9 @@ class Archive:
                 self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
                 moved = True
                 if self.fsync:  # the new name, and every directory created for it, in its parent
-                    for directory in [final.parent, *(d.parent for d in created)]:
+                    for directory in map(os.path.dirname, [final, *created]):
                         self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
-                st = self._io(lambda: final.stat(), header, f"cannot stat {key}")
+                st = self._io(lambda: os.stat(final), header, f"cannot stat {key}")
                 tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"))
                 if existing is not None and existing["path"] != key:
                     old_file = self.path_for(existing["path"])
@@ -341,7 +342,7 @@ class Archive:
         self._forget(backup)
         if old_file is not None and is_inside(self.layout.root, os.path.realpath(old_file)):
             self._forget(old_file)  # the replaced copy lived elsewhere in the archive
-        return self._outcome("stored" if existing is None else "replaced", final, st.st_size, header)
+        return self._outcome("stored" if existing is None else "replaced", Path(final), st.st_size, header)
 
     def _decide(self, existing: dict | None, uid: str) -> str:
         """'stored', 'replaced' or 'ignored' by policy; a row whose file vanished is simply replaced."""
@@ -355,15 +356,15 @@ class Archive:
             raise DuplicateRejected(f"SOP Instance {uid} is already stored", uid, existing)
         return "ignored" if self.on_duplicate is DuplicatePolicy.IGNORE else "replaced"
 
-    def _backup(self, final: Path) -> Path | None:
+    def _backup(self, final: str) -> Path | None:
         """A hard link to the file about to be replaced, so a failure can put it back."""
-        if not final.exists():
+        if not os.path.exists(final):
             return None
         backup = self.staging_dir / f"{uuid.uuid4().hex}.bak"
         os.link(final, backup)
         return backup
 
-    def _undo(self, moved: bool, final: Path, backup: Path | None, created: list[Path]) -> None:
+    def _undo(self, moved: bool, final: str, backup: Path | None, created: list[str]) -> None:
         """Put the file system back as it was before _commit, the directories it created included
         (a store refused for a path another instance holds left them empty)."""
         try:
