@@ -78,3 +78,26 @@ def test_a_pdu_cut_short_by_the_peer_comes_out_short(pair):
     peer.sendall(pdu(1000, 1)[:500])
     peer.close()
     assert len(read_pdu(sock)) == 500  # the reader sees fewer bytes than announced: Evt17 in the DUL
+
+
+def test_parts_are_sent_whole_and_in_order_however_the_socket_takes_them(pair):
+    """send_parts gathers the parts of PDUs into sendmsg calls: a small send buffer takes them a piece at a
+    time, cut anywhere, and more parts than one call may gather go in several."""
+    sock, peer = pair
+    sock.assoc.get_handlers = lambda event: []
+    sock.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    parts = [bytes([number % 251]) * size for number, size in enumerate([6, 6, 100_000, 1, 0, 300_000, 7] * 200)]
+    expected = b"".join(parts)
+    received = bytearray()
+
+    def read_all():
+        while len(received) < len(expected):
+            received.extend(peer.recv(1 << 20))
+
+    events = sock.event_queue.qsize()  # the connection's own
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    sock.send_parts(parts)
+    reader.join(timeout=30)
+    assert bytes(received) == expected
+    assert sock.event_queue.qsize() == events  # no Evt17: nothing failed

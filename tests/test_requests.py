@@ -19,6 +19,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from pacs_cli.dimse import requests, send
 from pacs_cli.dimse.ae import associate
+from pacs_cli.dimse.reactor import encode_pdata_tf
 from pacs_cli.options import Connection, Peer, Timeouts
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -38,9 +39,20 @@ class CapturingDUL:
         """Never written in the sending thread (as over TLS): every PDU is queued through send_pdu."""
         return False
 
+    def write_pdus(self, pdus) -> bool:
+        return False
+
     def send_pdu(self, primitive) -> None:
         self.sent.append(primitive)
         self._on_send(primitive)
+
+
+class WritingDUL(CapturingDUL):
+    """A DUL that lets the sending thread write: what it writes, PDU by PDU, as the socket gets it."""
+
+    def write_pdus(self, pdus) -> bool:
+        self.sent += [encode_pdata_tf(values) for values in pdus]
+        return True
 
 
 def request(path: Path | None = None, offset: int = 0, message_id=7, priority=2, sop_class=CT,
@@ -64,9 +76,17 @@ def pynetdicom_pdus(primitive: C_STORE, limit: int, context_id: int = 3) -> list
 
 
 def our_pdus(primitive: C_STORE, limit: int, context_id: int = 3) -> list[bytes]:
+    """The PDUs queued for the DUL's thread (each value copied out of the buffer the file is read into)."""
     dimse = CapturingDUL(limit)
     requests.send_file_request(dimse, primitive, context_id)
     return [P_DATA_TF(pdata).encode() for pdata in dimse.sent]
+
+
+def written_pdus(primitive: C_STORE, limit: int, context_id: int = 3) -> list[bytes]:
+    """The PDUs written by the sending thread itself, read after read from one reused buffer."""
+    dimse = WritingDUL(limit)
+    requests.send_file_request(dimse, primitive, context_id)
+    return dimse.sent
 
 
 def file_with_dataset(tmp_path: Path, length: int, offset: int = 300) -> Path:
@@ -118,7 +138,9 @@ def test_command_with_move_originator_matches_pynetdicoms_encoder(tmp_path, orig
 @pytest.mark.parametrize("length", [0, 1, 2, 4090, 4091, 4096, 3 * 4090, 3 * 4090 + 2, 70_000, 600_000])
 def test_pdus_are_pynetdicoms(tmp_path, limit, length):
     primitive = request(file_with_dataset(tmp_path, length), 300)
-    assert our_pdus(primitive, limit) == pynetdicom_pdus(primitive, limit)
+    expected = pynetdicom_pdus(primitive, limit)
+    assert our_pdus(primitive, limit) == expected
+    assert written_pdus(primitive, limit) == expected
 
 
 def test_a_peer_maximum_smaller_than_the_command_fragments_it_as_pynetdicom_does(tmp_path):
@@ -143,11 +165,12 @@ def test_a_file_that_cannot_be_opened_sends_nothing(tmp_path):
 
 
 def test_a_file_cut_short_after_the_command_went_out_says_so(tmp_path):
-    path = file_with_dataset(tmp_path, 100_000)
+    path = file_with_dataset(tmp_path, 600_000)
     dimse = CapturingDUL(16384, on_send=lambda primitive: os.truncate(path, 5_000))
     with pytest.raises(requests.MessageCutShort, match="shorter"):
         requests.send_file_request(dimse, request(path, 300), 1)
-    assert len(dimse.sent) == 1  # the command only: no fragment of a dataset that is not there
+    first_read = requests.READ_BYTES // (16384 - requests.PDV_OVERHEAD)
+    assert len(dimse.sent) == 1 + first_read  # the command and the first read: nothing of what is not there
 
 
 def test_a_peer_maximum_with_no_room_for_data_is_refused(tmp_path):

@@ -51,6 +51,7 @@ LOGGER = logging.getLogger("pynetdicom.dul")
 # timer and whether the DUL thread is still alive no more often than this.
 IDLE_CHECK = 0.1
 READ_AHEAD = 1 << 16  # bytes asked for by a read of less: the PDUs a peer has sent already, at once
+MAX_GATHER = 512  # buffers per sendmsg, under every system's IOV_MAX (1024 on Linux)
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_ITEM = struct.Struct(">LB")
 
@@ -150,6 +151,25 @@ class PollReadySocket(AssociationSocket):
     def send(self, bytestream: bytes) -> None:
         with self.send_lock:
             super().send(bytestream)
+
+    def send_parts(self, parts: list) -> None:
+        """:meth:`send` of the parts joined, without joining them: one ``sendmsg`` gathers them (a join
+        copied every fragment of a file once more on its way out). Over TLS, or with an EVT_DATA_SENT
+        handler (which is given the bytes), they are joined and sent as pynetdicom sends."""
+        if self.over_tls or self.socket is None or self.assoc.get_handlers(evt.EVT_DATA_SENT):
+            self.send(b"".join(parts))
+            return
+        views = [memoryview(part).cast("B") for part in parts if len(part)]
+        with self.send_lock:
+            try:
+                while views:
+                    sent = self.socket.sendmsg(views[:MAX_GATHER])
+                    while views and sent >= len(views[0]):
+                        sent -= len(views.pop(0))
+                    if sent:
+                        views[0] = views[0][sent:]
+            except Exception:  # noqa: BLE001 - as pynetdicom's send: Evt17, the transport connection is lost
+                self.event_queue.put("Evt17")
 
     @property
     def over_tls(self) -> bool:
@@ -304,7 +324,7 @@ class EventDrivenDUL(DULServiceProvider):
         with self._send_lock:
             if self.to_provider_queue.queue or not self._pdata_skips_state_machine():
                 return False
-            self.socket.send(b"".join(encode_pdata_tf(values) for values in pdus))  # Evt17 on failure
+            self.socket.send_parts([part for values in pdus for part in pdata_tf_parts(values)])
         return True
 
     def _pdata_skips_state_machine(self) -> bool:
@@ -437,11 +457,16 @@ class EventDrivenDUL(DULServiceProvider):
 def encode_pdata_tf(values: list[tuple[int, bytes]]) -> bytes:
     """A P-DATA-TF PDU (PS3.8 9.3.5) of (presentation context ID, PDV value) items, as pynetdicom
     encodes it; each value starts with its message control header."""
+    return b"".join(pdata_tf_parts(values))
+
+
+def pdata_tf_parts(values: list[tuple[int, bytes]]) -> list:
+    """The pieces of :func:`encode_pdata_tf`'s PDU, in order: headers, and the values themselves."""
     parts = [b""]
     for context_id, value in values:
         parts += (_PDV_ITEM.pack(len(value) + 1, context_id), value)
     parts[0] = _PDU_HEADER.pack(0x04, 0x00, sum(map(len, parts)))
-    return b"".join(parts)
+    return parts
 
 
 def _artim_left(timer) -> float:

@@ -142,9 +142,7 @@ class PendingResponses:
             return
         held, self._held = self._held, []
         self._wait_for_the_peer()
-        if not self._dul.write_pdus(held):
-            for values in held:
-                requests.send_pdata(self._dul, values)
+        requests.send_pdus(self._dul, held)
 
     def _wait_for_the_peer(self) -> None:
         assoc = self._assoc
