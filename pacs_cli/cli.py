@@ -28,7 +28,8 @@ COMMANDS = {
 }
 ALIASES: dict[str, str] = {"find": "findscu"}
 # Commands that never decode or encode pixel data: in a process of their own they load pydicom without
-# numpy (see without_numpy); storescu decides by its --decompress. Every command goes without requests.
+# numpy (see _keep_out); storescu decides by its --decompress (State.without_numpy). Every command goes
+# without requests.
 PIXEL_FREE = {"echo", "findscu", "storescp", "movescu", "getscu", "mwl-scp", "mpps-scu", "index"}
 # What main() hands the root group: this process runs one command, then exits.
 OWN_PROCESS = object()
