@@ -155,10 +155,10 @@ def test_duplicate_race_leaves_one_row_and_one_of_the_sent_files(tmp_path, watch
 def test_index_descriptors_stay_bounded_across_waves_of_associations(tmp_path, watched_scp):
     """Each association closes its index connection when it ends. SQLite keeps a closed connection's
     descriptor parked while the archive's own connection holds the WAL open, and reuses it for the
-    next one: a later wave of 12 concurrent stores must open no more descriptors than the waves before.
-    (Without the close, connections wait for a garbage collection and the count grows per wave, by up to
-    12.) How many of a wave's associations overlap is up to timing: the first wave may peak lower than
-    the second (CI saw 7, 10, 10), so the third is compared with the highest before it."""
+    next one: after three waves of 12 concurrent stores, no more descriptors are held than one wave can
+    have open at once. (Without the close, connections wait for a garbage collection and the count grows
+    per wave.) How many of a wave's associations overlap is up to timing, so the peaks of the waves are
+    not compared with each other (CI saw 7, 10, 10 and 7, 7, 10)."""
     scp = watched_scp("--max-associations", "32", "--max-per-address", "32")
     baseline = measure_baseline(scp)
     sources = tmp_path / "sources"
@@ -175,7 +175,7 @@ def test_index_descriptors_stay_bounded_across_waves_of_associations(tmp_path, w
         assert_survives(scp, baseline, f"wave {wave} of 12 concurrent stores")
         peaks.append(held(scp).index_fds)
     assert len(scp.rows()) == 36
-    assert max(peaks) <= baseline.index_fds + 12 and peaks[2] <= max(peaks[:2]) + 2, peaks  # bounded, not growing
+    assert max(peaks) <= baseline.index_fds + 12, peaks  # one wave's worth at most: nothing left over per wave
 
 
 # --- 4. kill -9 during ingest ---------------------------------------------------------------------
