@@ -17,9 +17,9 @@ from pynetdicom.dsutils import create_file_meta, decode, encode
 from pydicom.filewriter import write_file_meta_info
 
 import pdus
-from pacs_cli.archive.header import scan_header
+from pacs_cli.archive.header import SCAN_BYTES, scan_header
 from pacs_cli.dimse.receive import (
-    HEAD_BYTES, MalformedPDU, StagedStore, command_fields, discard_staged, file_meta, parse_response,
+    MalformedPDU, StagedStore, command_fields, discard_staged, file_meta, parse_response,
     parse_store_command, primitive_from_fields, split_pdvs,
 )
 from test_storescp import StoreSCP, make_file
@@ -236,10 +236,10 @@ def test_fragments_across_pdus_and_pdvs_are_stored_byte_identical(scp, tmp_path)
     assert scp.staging_leftovers() == []
 
 
-@pytest.mark.parametrize("fragment", [1001, HEAD_BYTES - 200, HEAD_BYTES + 5])
+@pytest.mark.parametrize("fragment", [1001, SCAN_BYTES - 200, SCAN_BYTES + 5])
 def test_the_head_kept_while_staging_is_the_files_first_bytes(tmp_path, monkeypatch, fragment):
     """The archive scans the header from what the receiver kept, instead of reading the staged file back:
-    the same bytes, the same size, the same values, however the fragments fall across HEAD_BYTES."""
+    the same bytes, the same size, the same values, however the fragments fall across SCAN_BYTES."""
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -252,8 +252,8 @@ def test_the_head_kept_while_staging_is_the_files_first_bytes(tmp_path, monkeypa
     primitive._dataset_file.flush()
     written = primitive._dataset_path.read_bytes()
     try:
-        assert len(written) > HEAD_BYTES
-        assert primitive._pacs_head.data == written[:HEAD_BYTES]
+        assert len(written) > SCAN_BYTES
+        assert primitive._pacs_head.data == written[:SCAN_BYTES]
         assert primitive._pacs_head.size == len(written)
         keywords = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "TransferSyntaxUID")
         from_head = scan_header(primitive._dataset_path, keywords, primitive._pacs_head)

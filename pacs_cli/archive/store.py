@@ -245,7 +245,7 @@ class Archive:
 
     # -- storing ---------------------------------------------------------------------------
 
-    def store_file(self, staged: Path, calling_aet: str, sop_class_uid: str,
+    def store_file(self, staged: Path | str, calling_aet: str, sop_class_uid: str,
                    sop_instance_uid: str, head: StagedHead | None = None) -> StoreOutcome:
         """Validate, duplicate-check, move into place and index one staged Part 10 file.
 

@@ -47,7 +47,6 @@ LOGGER = logging.getLogger("pynetdicom.dimse")
 COMMAND, LAST = 0x01, 0x02  # PS3.8 E.2 message control header bits
 C_STORE_RQ_FIELD = 0x0001
 NO_DATASET = 0x0101
-HEAD_BYTES = SCAN_BYTES  # what the header scan reads of a file
 _PDV_HEADER = struct.Struct(">LB")
 _ELEMENT = struct.Struct("<HHL")
 _US = struct.Struct("<H")
@@ -240,15 +239,15 @@ class StagedStore:
             self.size = len(meta)
 
     def write(self, fragment: memoryview) -> None:
-        """Into the staged file (its first HEAD_BYTES kept: the archive scans its header from them,
+        """Into the staged file (its first SCAN_BYTES kept: the archive scans its header from them,
         rather than opening and reading the file it was just written to) or into memory."""
         if self._data_set_file is None:
             self.data_set.write(fragment)
             return
         self._data_set_file.write(fragment)
         self.size += len(fragment)
-        if len(self.head) < HEAD_BYTES:
-            self.head += fragment[:HEAD_BYTES - len(self.head)]
+        if len(self.head) < SCAN_BYTES:
+            self.head += fragment[:SCAN_BYTES - len(self.head)]
 
     def message_to_primitive(self) -> C_STORE:
         """The request primitive, through pynetdicom's validating setters, as its decoder would."""
