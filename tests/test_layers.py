@@ -85,7 +85,6 @@ def test_find_in_the_index_imports_no_network_stack(tmp_path):
 
 def test_other_commands_keep_numpy():
     """Only the commands in cli.PIXEL_FREE go without numpy: `pacs dump` may decode pixel data."""
-    pytest.importorskip("numpy")
     from pydicom.data import get_testdata_file
 
     result, loaded = loaded_packages("dump", get_testdata_file("CT_small.dcm"))
@@ -97,7 +96,6 @@ def test_other_commands_keep_numpy():
 @pytest.mark.parametrize("decompress", [False, True], ids=["plain", "decompress"])
 def test_storescu_loads_numpy_only_to_decompress(dcmtk_storescp, decompress):
     """numpy was a tenth of a second of every `pacs storescu`; only --decompress decodes pixel data."""
-    pytest.importorskip("numpy")
     from pydicom.data import get_testdata_file
 
     port, _ = dcmtk_storescp
