@@ -72,6 +72,9 @@ def _marking(suffix, directory, name):
               help="Associations in parallel, each in its own process; files are shared out by size.")
 @click.option("--parallel", type=click.Choice(["process", "thread"]), default="process", hidden=True,
               help="Run parallel associations in processes (default) or threads (for measurements).")
+@click.option("--window", type=click.IntRange(1, 64), default=8, show_default=True, metavar="N",
+              help="C-STOREs outstanding at once when the peer accepts an asynchronous operations window "
+                   "(PS3.7 D.3.3.3; pacs storescp does, DCMTK's storescp does not); 1 waits for each response.")
 @click.option("--retries", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="Attempts after a connection failure, transient rejection, abort or timeout, "
                    "with exponential backoff; only files not confirmed are sent again.")
@@ -98,7 +101,7 @@ def _marking(suffix, directory, name):
 @click.option("--format", "output_format", type=click.Choice(["none", "ndjson"]), default="none",
               show_default=True, help="ndjson: one JSON line per file on stdout as it completes.")
 @click.pass_obj
-def storescu(state, connection, paths, null_separated, recurse, associations, parallel, retries, retry_delay,
+def storescu(state, connection, paths, null_separated, recurse, associations, parallel, window, retries, retry_delay,
              decompress, targets, journal, on_success_rename, on_failure_rename, on_success_move,
              on_failure_move, report, output_format):
     """Send DICOM files to a storage SCP with C-STORE.
@@ -133,7 +136,7 @@ def storescu(state, connection, paths, null_separated, recurse, associations, pa
     if not paths:
         raise click.UsageError("nothing to send: give at least one PATH (or '-' to read paths from stdin)")
     options = SendOptions(
-        recurse=recurse, associations=associations, parallel=parallel, retries=retries,
+        recurse=recurse, associations=associations, parallel=parallel, window=window, retries=retries,
         retry_delay=retry_delay, decompress=decompress,
         targets=tuple(TARGETS[t] for t in dict.fromkeys(targets)) or SendOptions.targets,
         journal=journal, on_success=_marking(on_success_rename, on_success_move, "success"),

@@ -188,8 +188,17 @@ def send_pdata(dul, values: list[tuple[int, bytes | bytearray]]) -> None:
 def store_file(assoc, context_id: int, request: FileRequest) -> C_STORE | None:
     """``send_c_store(path)`` for a scanned file: the C-STORE-RSP primitive, or None when none came.
 
-    Call it inside :func:`sending`. pynetdicom's own reactions are kept: no response aborts the
-    association unless it has ended, and an invalid one is logged and aborts it.
+    Call it inside :func:`sending`.
+    """
+    send_store_request(assoc, context_id, request)
+    return next_response(assoc)
+
+
+def send_store_request(assoc, context_id: int, request: FileRequest) -> None:
+    """Send a C-STORE-RQ from a scanned file, not waiting for its response (inside :func:`sending`).
+
+    A file that cannot be read to its end aborts the association (PS3.8 7.3: the peer waits for the
+    rest of the message; only an A-ABORT ends it) and raises :class:`MessageCutShort`.
     """
     pause_reactor(assoc)
     try:
@@ -198,8 +207,13 @@ def store_file(assoc, context_id: int, request: FileRequest) -> C_STORE | None:
         else:
             send_file_request(assoc.dimse, request, context_id)
     except MessageCutShort:
-        assoc.abort()  # PS3.8 7.3: the peer waits for the rest of the message; only an A-ABORT ends it
+        assoc.abort()
         raise
+
+
+def next_response(assoc):
+    """The next response the peer sent, or None, with pynetdicom's own reactions kept: no response
+    aborts the association unless it has ended, and an invalid one is logged and aborts it."""
     _, response = assoc.dimse.get_msg(block=True)
     if response is None:
         assoc._handle_no_response()

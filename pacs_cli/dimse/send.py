@@ -51,9 +51,10 @@ from pydicom import dcmread
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import A_ABORT
 
-from pacs_cli.dimse import requests
+from pacs_cli.dimse import requests, window
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.ae import associate
 from pacs_cli.errors import (
@@ -137,6 +138,7 @@ class SendOptions:
     on_success: Marking | None = None
     on_failure: Marking | None = None
     null_separated: bool = False  # paths on stdin separated by NUL instead of newline
+    window: int = 8  # C-STOREs outstanding at once, when the peer agrees (PS3.7 D.3.3.3)
     keep_results: bool = False  # keep every FileResult (for --report)
 
 
@@ -757,52 +759,124 @@ class SendCutShort(AssociationAborted):
     The file is to blame, not the peer: it fails alone and the others go on over a new association.
     """
 
-
-def send_item(assoc, item: Item, negotiated: Negotiated, options: SendOptions, connection: Connection,
-              msg_id: int) -> FileResult:
-    """C-STORE one file (PS3.7 9.1.1); raise a NetworkError when the peer never answered."""
-    route = negotiated.route(item, options.decompress)
-    if route.syntax is None:
-        return _failed(item, route.reason, route.error, route.hint)
-    direct = route.conversion is None and item.chunked
-    if route.conversion is None and not item.chunked:
-        route = Route(route.syntax, "decoded")  # a raw dataset, or meta UIDs that contradict the dataset
-    try:
-        dataset = None if direct else prepare(item, route)
-        _check_unchanged(item)
-    except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
-        verb = "read" if direct else VERBS[route.conversion]
-        return _failed(item, f"cannot {verb} the file", _exception_text(exc))
-    assoc.dimse_timeout = connection.timeouts.dimse + item.size / SLOWEST_RATE
-    started = time.monotonic()
-    try:
-        answer = _store_from_disk(assoc, item, route, msg_id) if direct else _store_dataset(assoc, dataset, msg_id)
-    except (ValueError, AttributeError) as exc:  # pynetdicom found no context for the dataset, or no encoding
-        return _failed(item, "not sent", str(exc))
-    except requests.MessageCutShort as exc:
-        raise SendCutShort(f"{item.path}: {exc.strerror}; the association was aborted mid-message",
-                           "send files only once they are complete") from exc
-    except OSError as exc:  # the file went away, or cannot be opened any more
-        return _failed(item, "cannot read the file", _exception_text(exc))
-    if answer is None:
-        raise _no_response(assoc, connection, item, time.monotonic() - started)
-    return _answered(item, *answer, route)
+    def __init__(self, message: str, hint: str | None, item: Item):
+        super().__init__(message, hint)
+        self.item = item
 
 
-def _store_from_disk(assoc, item: Item, route: Route, msg_id: int) -> tuple[int, str | None] | None:
-    """The file's dataset as it lies on disk: (status, error comment), or None without a response."""
-    request = requests.FileRequest(msg_id, requests.LOW, item.sop_class, item.sop_instance, (item.path, item.offset))
-    rsp = requests.store_file(assoc, route.context_id, request)
-    return None if rsp is None else (rsp.Status, rsp.ErrorComment)
+@dataclass(slots=True)
+class Outstanding:
+    """A C-STORE-RQ sent, its response still to come."""
+
+    item: Item
+    route: Route
 
 
-def _store_dataset(assoc, dataset, msg_id: int) -> tuple[int, str | None] | None:
-    """A decoded dataset, by pynetdicom: (status, error comment), or None without a response."""
-    try:
-        rsp = assoc.send_c_store(dataset, msg_id=msg_id)
-    finally:
-        assoc._reactor_checkpoint.set()  # send_c_store resumes the reactor itself, unless it raised
-    return (rsp.Status, rsp.get("ErrorComment")) if "Status" in rsp else None
+class Pipeline:
+    """C-STOREs over one association, up to ``window`` of them outstanding (PS3.7 D.3.3.3).
+
+    With a window of 1 each file waits for the last one's response, as pynetdicom's ``send_c_store``
+    does. With more, the next file is read and sent while the peer stores the last: the responses are
+    taken in the order they come and matched by Message ID. Files that must be decoded go through
+    pynetdicom, which takes the next response as its own, so they wait until none is outstanding.
+    """
+
+    def __init__(self, assoc, negotiated: Negotiated, options: SendOptions, connection: Connection, window: int):
+        self.assoc, self.negotiated, self.options, self.connection = assoc, negotiated, options, connection
+        self.window = window
+        self.outstanding: dict[int, Outstanding] = {}  # by Message ID, in the order sent
+        self.msg_id = 0
+
+    def run(self, pending: collections.deque, attempt: Attempt, emit: Emit) -> None:
+        """Send ``pending`` (the first files may be outstanding), emitting each file's result as it ends;
+        a file is taken off ``pending`` only when it has its result."""
+        while pending:
+            if len(pending) > len(self.outstanding) and len(self.outstanding) < self.window:
+                item = pending[len(self.outstanding)]  # the outstanding files lead the queue
+                route = self.negotiated.route(item, self.options.decompress)
+                if not (self.outstanding and _decoded(item, route)):
+                    result = self._send(item, route)
+                    if result is not None:
+                        _finish(pending, item, result, emit)
+                        attempt.sent += 1
+                    continue
+            item, result = self._take_response()
+            _finish(pending, item, result, emit)
+            attempt.sent += 1
+
+    def _send(self, item: Item, route: Route) -> FileResult | None:
+        """Send one file's C-STORE-RQ: None once it is outstanding, else the file's result."""
+        if route.syntax is None:
+            return _failed(item, route.reason, route.error, route.hint)
+        direct = not _decoded(item, route)
+        if route.conversion is None and not item.chunked:
+            route = Route(route.syntax, "decoded")  # a raw dataset, or meta UIDs that contradict the dataset
+        try:
+            dataset = None if direct else prepare(item, route)
+            _check_unchanged(item)
+        except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
+            verb = "read" if direct else VERBS[route.conversion]
+            return _failed(item, f"cannot {verb} the file", _exception_text(exc))
+        self.msg_id = self.msg_id % 65535 + 1  # PS3.7 E.1: Message ID is a US
+        if not direct:
+            return self._store_decoded(item, dataset, route)
+        request = requests.FileRequest(self.msg_id, requests.LOW, item.sop_class, item.sop_instance,
+                                       (item.path, item.offset))
+        try:
+            requests.send_store_request(self.assoc, route.context_id, request)
+        except requests.MessageCutShort as exc:
+            raise SendCutShort(f"{item.path}: {exc.strerror}; the association was aborted mid-message",
+                               "send files only once they are complete", item) from exc
+        except OSError as exc:  # the file went away, or cannot be opened any more
+            return _failed(item, "cannot read the file", _exception_text(exc))
+        self.outstanding[self.msg_id] = Outstanding(item, route)
+        return None
+
+    def _store_decoded(self, item: Item, dataset, route: Route) -> FileResult:
+        """A decoded dataset, sent by pynetdicom, its response awaited."""
+        self.assoc.dimse_timeout = self.connection.timeouts.dimse + item.size / SLOWEST_RATE
+        started = time.monotonic()
+        try:
+            rsp = self.assoc.send_c_store(dataset, msg_id=self.msg_id)
+        except (ValueError, AttributeError) as exc:  # pynetdicom found no context for the dataset, or no encoding
+            return _failed(item, "not sent", str(exc))
+        finally:
+            self.assoc._reactor_checkpoint.set()  # send_c_store resumes the reactor itself, unless it raised
+        if "Status" not in rsp:
+            raise _no_response(self.assoc, self.connection, item, time.monotonic() - started)
+        return _answered(item, rsp.Status, rsp.get("ErrorComment"), route)
+
+    def _take_response(self) -> tuple[Item, FileResult]:
+        """Wait for the next C-STORE-RSP; the time allowed covers the transmission of every file
+        outstanding, as pynetdicom counts transmission time in -td."""
+        waiting = list(self.outstanding.values())
+        self.assoc.dimse_timeout = (self.connection.timeouts.dimse
+                                    + sum(out.item.size for out in waiting) / SLOWEST_RATE)
+        started = time.monotonic()
+        response = requests.next_response(self.assoc)
+        if response is None:
+            raise _no_response(self.assoc, self.connection, waiting[0].item, time.monotonic() - started)
+        out = self.outstanding.pop(response.MessageIDBeingRespondedTo, None)
+        if out is None or not isinstance(response, C_STORE):
+            self.assoc.abort()
+            raise AssociationAborted(f"{self.connection.peer} answered a request that was not sent "
+                                     f"(Message ID {response.MessageIDBeingRespondedTo}); the association "
+                                     "was aborted", "the peer's log says why")
+        return out.item, _answered(out.item, response.Status, response.ErrorComment, out.route)
+
+
+def _decoded(item: Item, route: Route) -> bool:
+    """The file goes out decoded by pynetdicom, not from disk as it is."""
+    return route.conversion is not None or not item.chunked
+
+
+def _finish(pending: collections.deque, item: Item, result: FileResult, emit: Emit) -> None:
+    """The file has its result: off the queue (it is among the first files), reported."""
+    for position, queued in enumerate(pending):
+        if queued is item:
+            del pending[position]
+            break
+    emit("result", result)
 
 
 def _check_unchanged(item: Item) -> None:
@@ -930,7 +1004,8 @@ def send_batch(connection: Connection, batch: Batch, pending: collections.deque,
         try:
             _associate_and_send(connection, batch, pending, options, emit, attempt)
         except SendCutShort as exc:
-            emit("result", _failed(pending.popleft(), "the file changed while it was sent", exc.message, exc.hint))
+            _finish(pending, exc.item, _failed(exc.item, "the file changed while it was sent", exc.message,
+                                               exc.hint), emit)
         except NetworkError as exc:
             lost = pending[0] if attempt.established else None
             if lost is not None and _to_blame(lost, suspect, attempt, options):
@@ -959,18 +1034,15 @@ def _to_blame(lost: Item, suspect: Item | None, attempt: Attempt, options: SendO
 def _associate_and_send(connection: Connection, batch: Batch, pending: collections.deque,
                         options: SendOptions, emit: Emit, attempt: Attempt) -> None:
     handlers = [(evt.EVT_ACSE_RECV, attempt.watch)]
-    with associate(connection, batch.contexts(), evt_handlers=handlers) as assoc, requests.sending(assoc):
+    with associate(connection, batch.contexts(), evt_handlers=handlers,
+                   ext_neg=window.proposal(options.window)) as assoc, requests.sending(assoc):
         attempt.established = True
         emit("associated", None)
         bound_send_queue(assoc)
-        negotiated = Negotiated(assoc, batch)
-        msg_id = 0
-        while pending:
-            msg_id = msg_id % 65535 + 1  # PS3.7 E.1: Message ID is a US
-            result = send_item(assoc, pending[0], negotiated, options, connection, msg_id)
-            pending.popleft()
-            attempt.sent += 1
-            emit("result", result)
+        granted = window.granted(assoc, options.window)
+        if granted > 1:
+            log.info("up to %d C-STORE requests outstanding (asynchronous operations window)", granted)
+        Pipeline(assoc, Negotiated(assoc, batch), options, connection, granted).run(pending, attempt, emit)
 
 
 def retryable(exc: NetworkError) -> bool:

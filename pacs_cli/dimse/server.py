@@ -25,6 +25,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from pacs_cli.dimse import reactor
 from pacs_cli.dimse import tls as tls_contexts
+from pacs_cli.dimse import window
 from pacs_cli.dimse.ae import RequestorAE, make_ae, nodelay
 from pacs_cli.errors import PacsError
 from pacs_cli.audit import AuditLog
@@ -160,6 +161,10 @@ class PolicyACSE(ACSE):
         self.acceptor.ae_title = called
         prefer_requestor_order(self.requestor.requested_contexts, self.acceptor.supported_contexts)
         super()._negotiate_as_acceptor()
+
+    def _check_async_ops(self):
+        """pynetdicom answers every proposal with the synchronous mode (1, 1); see window.grant."""
+        return window.grant(self.requestor)
 
 
 DEADLINE_SLACK = 1.0  # seconds a PDU read may run past its deadline (see GuardedSocket._socket_read)
