@@ -250,7 +250,7 @@ def test_the_head_kept_while_staging_is_the_files_first_bytes(tmp_path, monkeypa
         staged.write(memoryview(data)[start:start + fragment])
     primitive = staged.message_to_primitive()
     primitive._dataset_file.flush()
-    written = primitive._dataset_path.read_bytes()
+    written = Path(primitive._dataset_path).read_bytes()
     try:
         assert len(written) > SCAN_BYTES
         assert primitive._pacs_head.data == written[:SCAN_BYTES]

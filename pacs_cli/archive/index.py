@@ -29,6 +29,7 @@ import datetime
 import functools
 import sqlite3
 import threading
+import time
 import weakref
 from typing import NamedTuple
 from collections.abc import Iterable, Iterator, Mapping
@@ -64,7 +65,13 @@ _UID_WHERE = {IMAGE: "i.sop_instance_uid = ?", SERIES: "se.series_instance_uid =
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return _utc_second(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_second(second: int) -> str:
+    """ISO 8601 in UTC, formatted once per second: a receiver stamps hundreds of rows a second."""
+    return datetime.datetime.fromtimestamp(second, datetime.timezone.utc).isoformat()
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +526,8 @@ class Writer:
         if parent_column and stored[parent_column] != parent_pk:
             self._touch_parent(level, stored[parent_column])
         changed = {name: value for name, value in columns.items() if value != "" and value != stored[name]}
+        if not changed and stored["updated_at"] == now:
+            return row[0], False  # the next instance of a series within the same second changes nothing here
         changed["updated_at"] = now
         self.conn.execute(f"UPDATE {sql.table} SET {', '.join(f'{name} = ?' for name in changed)} WHERE pk = ?",
                           [*changed.values(), row[0]])
@@ -645,7 +654,7 @@ class _LevelSQL(NamedTuple):
 
     table: str
     key_keywords: list[str]
-    stored_columns: list[str]  # what ``select`` returns after the pk: the columns an update may change
+    stored_columns: list[str]  # what ``select`` returns after the pk: the columns an update may change, updated_at
     select: str
 
     def insert(self, columns: dict) -> str:
@@ -659,7 +668,7 @@ def _level_sql(level: str, parent_column: str | None) -> _LevelSQL:
     keys = [c for c in schema.columns_of(level, "dataset") if c.key == "U"]
     if level == PATIENT:
         keys.append(schema.BY_KEYWORD["IssuerOfPatientID"])
-    stored = list(_value_columns(level, {})) + ([parent_column] if parent_column else [])
+    stored = list(_value_columns(level, {})) + ([parent_column] if parent_column else []) + ["updated_at"]
     where = " AND ".join(f"{c.column} = ?" for c in keys)
     return _LevelSQL(table, [c.keyword for c in keys], stored,
                      f"SELECT pk, {', '.join(stored)} FROM {table} WHERE {where}")

@@ -27,7 +27,6 @@ import os
 import struct
 import tempfile
 from io import BytesIO
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -171,16 +170,26 @@ def _ascii(value: memoryview | bytes) -> str | None:
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, prefix and File Meta group (PS3.10 7.1) as pynetdicom's chunked receive writes them."""
-    elements = b"".join((
-        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",  # File Meta Information Version
-        element(0x00020002, "UI", ui_value(sop_class_uid), implicit=False),
-        element(0x00020003, "UI", ui_value(sop_instance_uid), implicit=False),
+    before, after = _meta_around(sop_class_uid, transfer_syntax)
+    elements = before + element(0x00020003, "UI", ui_value(sop_instance_uid), implicit=False) + after
+    return _META_PREFIX + struct.pack("<L", len(elements)) + elements
+
+
+_META_PREFIX = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"  # up to the group length's value
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_around(sop_class_uid: str, transfer_syntax: str) -> tuple[bytes, bytes]:
+    """The File Meta elements before and after the SOP Instance UID's: an association's objects repeat
+    a few classes and syntaxes, and encoding them was a twentieth of a small object's receiving."""
+    before = (b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"  # File Meta Information Version
+              + element(0x00020002, "UI", ui_value(sop_class_uid), implicit=False))
+    after = b"".join((
         element(0x00020010, "UI", ui_value(transfer_syntax), implicit=False),
         element(0x00020012, "UI", ui_value(PYNETDICOM_IMPLEMENTATION_UID), implicit=False),
         element(0x00020013, "SH", text_value(PYNETDICOM_IMPLEMENTATION_VERSION), implicit=False),
     ))
-    group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<L", len(elements))
-    return b"\x00" * 128 + b"DICM" + group_length + elements
+    return before, after
 
 
 def _staged_file(suffix: str = ".dcm"):
@@ -232,7 +241,7 @@ class StagedStore:
         self.head, self.size = bytearray(), 0
         if chunked:
             self._data_set_file = _staged_file()
-            self._data_set_path = Path(self._data_set_file.name)
+            self._data_set_path = self._data_set_file.name  # a str: event.dataset_path for our handler only
             meta = file_meta(fields["AffectedSOPClassUID"], fields["AffectedSOPInstanceUID"], transfer_syntax)
             self._data_set_file.write(meta)
             self.head += meta
@@ -397,11 +406,12 @@ class StagingDIMSE(FastResponseDIMSE):
         established association; the fuzz battery caught it), or logged before the association.
         """
         assoc = self.assoc
-        if not (assoc._reacting and self.msg_queue.empty() and assoc._reactor_checkpoint.is_set()
+        queued = self.msg_queue.queue  # read without the queue's lock: only this thread puts
+        if not (assoc._reacting and not queued and assoc._reactor_checkpoint.is_set()
                 and assoc._turn.acquire(blocking=False)):
             return False
         try:
-            return self.msg_queue.empty() and serve_staged(assoc, primitive, primitive._context_id)
+            return not queued and serve_staged(assoc, primitive, primitive._context_id)
         finally:
             assoc._turn.release()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from pynetdicom import evt
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
@@ -71,7 +70,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     assoc.pacs_received = count
     if faults.abort_after is not None and count > faults.abort_after:
         log.warning("fault injection: aborting the association from %s after %d objects", calling, faults.abort_after)
-        archive.discard(Path(event.dataset_path))  # gone before the peer learns of the abort
+        archive.discard(event.dataset_path)  # gone before the peer learns of the abort
         assoc.abort()
         return status_dataset(OUT_OF_RESOURCES)
     if faults.delay:
@@ -80,7 +79,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         stats.add(failed=int(faults.status != SUCCESS))
         return status_dataset(faults.status, "fault injection (--fault-status)")
     head = getattr(request, "_pacs_head", None)  # the staged file's first bytes (dimse/receive.py)
-    code, comment, outcome = _store(archive, Path(event.dataset_path), calling, sop_class, sop_uid, head)
+    code, comment, outcome = _store(archive, event.dataset_path, calling, sop_class, sop_uid, head)
     fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
     address = assoc.requestor.address_info.address
     if outcome is None:
@@ -101,7 +100,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
     return SUCCESS
 
 
-def _store(archive: Archive, staged: Path, calling: str, sop_class: str, sop_uid: str, head):
+def _store(archive: Archive, staged: str, calling: str, sop_class: str, sop_uid: str, head):
     """(status, comment, outcome): the archive's typed errors mapped onto PS3.4 statuses."""
     try:
         return SUCCESS, None, archive.store_file(staged, calling, sop_class, sop_uid, head)
@@ -129,7 +128,7 @@ def discard_partial(event, archive: Archive, stats: Stats, events: EventLog) -> 
         partial.append(getattr(request, "_dataset_file", None))
     for handle in filter(None, partial):
         handle.close()
-        archive.discard(Path(handle.name))
+        archive.discard(handle.name)
         stats.add(failed=1)
         log.warning("association from %s ended mid-transfer: partial object removed",
                     event.assoc.requestor.ae_title)
