@@ -106,11 +106,12 @@ class AuditLog(JsonLines):
     def __init__(self, path: Path | None, ae_title: str):
         super().__init__(path, "audit log")
         self.ae_title = ae_title
-        self.source = {"AuditSourceID": f"{ae_title}@{socket.gethostname()}", "AuditSourceTypeCode": "4"}
+        self.host = socket.gethostname()
+        self.source = {"AuditSourceID": f"{ae_title}@{self.host}", "AuditSourceTypeCode": "4"}
 
     def me(self, requestor: bool = False, role: dict = DESTINATION) -> dict:
         return {"UserID": self.ae_title, "UserIsRequestor": requestor, "RoleIDCode": role,
-                "NetworkAccessPointID": socket.gethostname(), "NetworkAccessPointTypeCode": "1"}
+                "NetworkAccessPointID": self.host, "NetworkAccessPointTypeCode": "1"}
 
     def record(self, event_id: dict, action: str, outcome: int, participants: list[dict],
                objects: list[dict] = (), type_code: dict | None = None, description: str = "") -> None:
@@ -142,6 +143,8 @@ class AuditLog(JsonLines):
 
     def stored(self, calling: str, address: str, patient_id: str, study_uid: str, sop_class_uid: str,
                sop_instance_uid: str, outcome: int = SUCCESS, description: str = "") -> None:
+        if not self.enabled:
+            return  # called per object: not even the participants are built
         self.record(INSTANCES_TRANSFERRED, "C", outcome, [peer(calling, address), self.me()],
                     [patient(patient_id), study(study_uid, sop_class_uid, (sop_instance_uid,))],
                     description=description)
