@@ -48,7 +48,8 @@ class StorageSCP:
     """storescp: Verification, Storage and (unless ``query`` is off) Q/R FIND, MOVE and GET on one port,
     in front of an :class:`Archive`."""
 
-    def __init__(self, listener: Listener, settings: StoreSettings):
+    def __init__(self, listener: Listener, settings: StoreSettings, listening_socket=None):
+        self.listener = listener
         self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
                                     on_duplicate=settings.on_duplicate, fsync=settings.fsync)
         configure_pynetdicom(self.archive.staging_dir)
@@ -85,7 +86,7 @@ class StorageSCP:
         for service_handlers, service_contexts in find_services:
             contexts += service_contexts
         handlers += route_c_find(find_services)
-        self.server = Server(listener, contexts, handlers, self.audit)
+        self.server = Server(listener, contexts, handlers, self.audit, listening_socket)
 
     def run(self, limits: RunLimits, on_ready) -> None:
         try:

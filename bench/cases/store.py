@@ -36,6 +36,7 @@ class Pair:
     sender: str           # dcmtk | pacs | pynetdicom
     receiver: str         # dcmtk | pacs | pynetdicom
     associations: int = 1
+    workers: int = 1  # pacs storescp --workers
     shipped: bool = False  # DCMTK without TCP_NODELAY: Nagle on, as installed
     cap: int | None = None  # send only the first so many files
 
@@ -54,7 +55,9 @@ def pairs_for(ctx: Context, shape: str) -> list[Pair]:
     ]
     if shape != "large":  # one file cannot be shared out between associations
         pairs += [Pair("pacs storescu -a 2 → pacs storescp", "pacs", "pacs", associations=2),
-                  Pair("pacs storescu -a 4 → pacs storescp", "pacs", "pacs", associations=4)]
+                  Pair("pacs storescu -a 4 → pacs storescp", "pacs", "pacs", associations=4),
+                  Pair("pacs storescu -a 2 → pacs storescp --workers 2", "pacs", "pacs", associations=2,
+                       workers=2)]
     if shape in plan.shipped_caps:
         pairs.append(Pair("DCMTK → DCMTK as shipped (Nagle on)", "dcmtk", "dcmtk", shipped=True,
                           cap=plan.shipped_caps[shape]))
@@ -78,7 +81,8 @@ def receiver(ctx: Context, pair: Pair, out: Path, log: Path) -> Server:
     env = ctx.env_shipped if pair.shipped else ctx.env
     if pair.receiver == "pacs":
         ready = out.parent / "ready.txt"
-        argv = [ctx.pacs, "storescp", "--host", HOST, "--port", "0", "--ready-file", ready, "--dir", out]
+        argv = [ctx.pacs, "storescp", "--host", HOST, "--port", "0", "--ready-file", ready, "--dir", out,
+                "--workers", pair.workers]
         return Server("pacs storescp", argv, env, log, ready_file(ready))
     port = free_port()
     if pair.receiver == "dcmtk":
@@ -115,7 +119,8 @@ def received(pair: Pair, out: Path) -> tuple[int, str]:
 
 
 def one_run(ctx: Context, case: str, pair: Pair, data: Images, number: int) -> dict:
-    slug = f"{pair.sender}-{pair.receiver}-a{pair.associations}{'-shipped' if pair.shipped else ''}-{data.count}"
+    shipped = "-shipped" if pair.shipped else ""
+    slug = f"{pair.sender}-{pair.receiver}-a{pair.associations}-w{pair.workers}{shipped}-{data.count}"
     base = ctx.dir("store", case, slug, f"run{number}")
     out = base / "received"
     out.mkdir()

@@ -12,7 +12,7 @@ def serve(state, scp, name: str, where: str, limits, audit_log, summary) -> None
     """
     def ready(host, port):
         if not state.quiet:
-            click.echo(f"pacs {name}: listening on {host}:{port} as {scp.server.listener.ae_title}, {where}")
+            click.echo(f"pacs {name}: listening on {host}:{port} as {scp.listener.ae_title}, {where}")
 
     try:
         scp.run(limits, ready)

@@ -30,6 +30,9 @@ def _status_code(text: str) -> int:
               help="A SOP Instance UID already stored: answer 0x0111 and keep the first copy, "
                    "overwrite it, or answer success and keep the first copy.")
 @click.option("--fsync", is_flag=True, help="fsync each file and its folder before answering.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, metavar="N",
+              help="Serve the port from N processes (one per core), each taking whole associations: "
+                   "parallel associations use more than one core. Not with --exit-after or --idle-exit.")
 @run_options
 @click.option("--exec-on-store", metavar="COMMAND",
               help="Run COMMAND for each stored file, without blocking the association; placeholders: "
@@ -49,7 +52,7 @@ def _status_code(text: str) -> int:
               help="Also serve Modality Worklist and MPPS from the item files in DIR, as pacs mwl-scp does "
                    "(one process plays RIS and PACS).")
 @click.pass_obj
-def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync,
+def storescp(state, listener, archive_dir, db_path, layout, path_template, on_duplicate, fsync, workers,
              ready_file, exit_after, idle_exit, events, audit_log, exec_on_store, fault_status, fault_delay,
              fault_abort_after, no_query, max_results, worklist_dir):
     """Receive DICOM objects into an archive with a SQLite index.
@@ -74,7 +77,16 @@ def storescp(state, listener, archive_dir, db_path, layout, path_template, on_du
                              query=not no_query, max_results=max_results, audit_log=audit_log,
                              destinations={peer.ae_title: peer for peer in state.config.peers.values()},
                              worklist=worklist_dir)
-    scp = StorageSCP(listener, settings)
+    limits = RunLimits(exit_after, idle_exit, ready_file)
+    if workers > 1:
+        from pacs_cli.workers import WorkerPool
 
-    serve(state, scp, "storescp", f"archive {scp.archive.root}", RunLimits(exit_after, idle_exit, ready_file),
-          audit_log, scp.stats.summary)
+        if exit_after is not None or idle_exit is not None:
+            raise click.UsageError("--exit-after and --idle-exit count one process's associations: "
+                                   "use them with --workers 1")
+        pool = WorkerPool(listener, settings, workers)
+        serve(state, pool, "storescp", f"archive {pool.root}, {workers} workers", limits, audit_log,
+              pool.stats.summary)
+        return
+    scp = StorageSCP(listener, settings)
+    serve(state, scp, "storescp", f"archive {scp.archive.root}", limits, audit_log, scp.stats.summary)

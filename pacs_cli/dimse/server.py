@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -321,6 +322,26 @@ class PolicyServer(ThreadedAssociationServer):
     pdu_deadline = 30.0
     max_per_address = 16
     max_object = 0
+    listening_socket: socket.socket | None = None  # bound and listening already: shared by worker processes
+
+    def server_bind(self) -> None:
+        if self.listening_socket is None:
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self.listening_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening_socket is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """A shared socket is only closed here: shutting it down would stop every worker's accepting."""
+        if self.listening_socket is None:
+            super().server_close()
+        else:
+            self.socket.close()
 
     def get_request(self):
         client, address = self.socket.accept()
@@ -359,20 +380,23 @@ class RunLimits:
 class Server:
     """A running SCP: start it, wait for it, stop it gracefully."""
 
-    def __init__(self, listener: Listener, contexts, handlers, audit: AuditLog = NO_AUDIT):
+    def __init__(self, listener: Listener, contexts, handlers, audit: AuditLog = NO_AUDIT,
+                 listening_socket: socket.socket | None = None):
         self.listener = listener
         self.audit = audit
         self.ae: AE = make_ae(listener.ae_title, listener.timeouts, cls=RequestorAE)  # C-MOVE sub-associations as pacs's own
         self.ae.maximum_pdu_size = listener.max_pdu
         self.ae.maximum_associations = listener.max_associations
         ssl_context = tls_contexts.server_context(listener.tls) if listener.tls else None
+        server_class = PolicyServer
+        if listening_socket is not None:
+            server_class = type("SharedSocketServer", (PolicyServer,), {"listening_socket": listening_socket})
         try:
             self.server = self.ae.make_server(
                 (listener.host, listener.port), evt_handlers=list(handlers), contexts=contexts,
-                ssl_context=ssl_context, server_class=PolicyServer, request_handler=PolicyRequestHandler)
+                ssl_context=ssl_context, server_class=server_class, request_handler=PolicyRequestHandler)
         except OSError as exc:
-            raise PacsError(f"cannot listen on {listener.host}:{listener.port}: {exc.strerror}",
-                            "is another SCP already using that port? --port 0 picks a free one") from None
+            raise _cannot_listen(listener, exc) from None
         self.server.policy = listener.policy
         self.server.audit = audit
         self.server.handshake_timeout = listener.timeouts.connect
@@ -411,7 +435,7 @@ class Server:
         self.audit.application(started=True)
         host, port = self.address
         if limits.ready_file:
-            _write_atomically(limits.ready_file, f"{host}:{port}\n")
+            write_atomically(limits.ready_file, f"{host}:{port}\n")
         on_ready(host, port)
         try:
             while not stop and not self._limit_reached(stats, limits):
@@ -428,7 +452,30 @@ class Server:
         return limits.idle_exit is not None and not self.active() and idle >= limits.idle_exit
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def bind_shared(listener: Listener) -> socket.socket:
+    """A socket bound to the listener's address and listening, for worker processes to share.
+
+    Non-blocking: every worker is woken by a connection and all but one find nothing to accept,
+    which socketserver takes in its stride (an OSError from accept is ignored).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listener.host, listener.port))
+        sock.listen(PolicyServer.request_queue_size)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(listener, exc) from None
+    sock.setblocking(False)
+    return sock
+
+
+def _cannot_listen(listener: Listener, exc: OSError) -> PacsError:
+    return PacsError(f"cannot listen on {listener.host}:{listener.port}: {exc.strerror}",
+                     "is another SCP already using that port? --port 0 picks a free one")
+
+
+def write_atomically(path: Path, text: str) -> None:
     """A CI script polling for the file never reads it half-written."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)

@@ -40,6 +40,7 @@ def open_store(directory: Path, db_path: Path | None) -> WorklistDB:
 
 class WorklistSCP:
     def __init__(self, listener: Listener, settings: WorklistSettings):
+        self.listener = listener
         self.store = open_store(settings.directory, settings.db_path)
         self.stats = Stats()
         self.events = EventLog(settings.events)
