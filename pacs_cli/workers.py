@@ -14,6 +14,7 @@ of which stops gracefully, and adds their counts up for the summary line.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -125,6 +126,8 @@ def _work(listener: Listener, settings, sock, channel, number: int) -> None:
     from pacs_cli.scp import StorageSCP
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler came with the fork; the SCP sets its own
+    _stop_with(parent=os.getppid())
     try:
         scp = StorageSCP(listener, settings, sock)
     except Exception as exc:  # noqa: BLE001 - reported as one line, the parent stops the others
@@ -138,3 +141,18 @@ def _work(listener: Listener, settings, sock, channel, number: int) -> None:
         channel.put(("done", (counts, scp.audit.failures)))
         channel.close()
         channel.join_thread()
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): a signal for this process when its parent ends
+
+
+def _stop_with(parent: int) -> None:
+    """SIGTERM this worker when the parent ends, however it ends (kill -9 too): an orphan would go on
+    accepting on the port with nobody to stop it. Linux only; elsewhere the parent's own stop is all."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

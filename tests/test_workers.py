@@ -22,6 +22,14 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def files(folder: Path, count: int, **kwargs) -> list[Path]:
     folder.mkdir()
     return [make_file(folder / f"{i:03d}.dcm", **kwargs) for i in range(count)]
@@ -91,7 +99,7 @@ def test_ctrl_c_stops_every_worker(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not any(map(running, workers))
 
 
 def test_a_bad_audit_log_path_is_a_usage_error_as_without_workers(tmp_path):
@@ -114,3 +122,20 @@ def test_dcmtk_echoscu_and_storescu_against_workers(scp_factory, tmp_path):
     assert echo.returncode == 0, echo.stderr
     assert dcmtk_send(scp.port, *sources).returncode == 0
     assert len(scp.rows()) == 5
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    ready = tmp_path / "ready"
+    proc = Peer(["pacs", "storescp", "--port", "0", "--ready-file", str(ready), "--workers", "2"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    proc.kill()  # SIGKILL: no chance to stop them itself
+    proc.wait()
+    deadline = time.monotonic() + 45
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(running, workers))
