@@ -243,7 +243,7 @@ def test_write_failure_answers_a700_and_keeps_serving(scp_factory, tmp_path):
 
 def test_abort_mid_transfer_leaves_no_partial_file(scp_factory, tmp_path):
     """A sender killed mid-dataset: no file, no row, and the next association is served."""
-    big = make_file(tmp_path / "big.dcm", rows=2048)  # 8 MB
+    big = make_file(tmp_path / "big.dcm", rows=4096)  # 32 MB: still in flight when the sender is killed
     scp = scp_factory("--fault-delay", "0")
     sender = subprocess.Popen([dcmtk_binary("storescu"), "-aec", "PACS", "-pdu", "4096",
                                "127.0.0.1", str(scp.port), str(big)])
