@@ -48,14 +48,15 @@ class WorkerPool:
     def __init__(self, listener: Listener, settings, count: int):
         self.listener, self.settings, self.count = listener, settings, count
         # What a worker opens is checked here first, so a bad path is the same usage error as without workers.
-        Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
-                     on_duplicate=settings.on_duplicate, fsync=settings.fsync).close()  # migrated and swept too
+        archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
+                               on_duplicate=settings.on_duplicate, fsync=settings.fsync)  # migrated and swept too
+        self.root = archive.root
+        archive.close()
         EventLog(settings.events).close()
         AuditLog(settings.audit_log, listener.ae_title).close()
         self.socket = bind_shared(listener)
         self.stats = Stats()
         self.audit = AuditFailures()
-        self.root = settings.archive_dir.resolve()
 
     def run(self, limits: RunLimits, on_ready) -> None:
         """Serve until SIGTERM or Ctrl-C (re-raised as KeyboardInterrupt), or until a worker dies."""
@@ -137,8 +138,7 @@ def _work(listener: Listener, settings, sock, channel, number: int) -> None:
     try:
         scp.run(RunLimits(), lambda host, port: channel.put(("ready", number)))
     finally:
-        counts = {name: getattr(scp.stats, name) for name in ("associations", "stored", "bytes", "failed")}
-        channel.put(("done", (counts, scp.audit.failures)))
+        channel.put(("done", (scp.stats.counts(), scp.audit.failures)))
         channel.close()
         channel.join_thread()
 

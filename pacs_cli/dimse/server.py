@@ -60,6 +60,11 @@ class Stats:
                 setattr(self, name, getattr(self, name) + value)
             self.last_activity = time.monotonic()
 
+    def counts(self) -> dict[str, int]:
+        """What :meth:`add` takes: a worker process's totals, for the parent's summary."""
+        with self._lock:
+            return {name: getattr(self, name) for name in ("associations", "stored", "bytes", "failed")}
+
     def summary(self) -> str:
         size = f"{self.bytes / 1e6:.1f} MB" if self.bytes >= 1e5 else f"{self.bytes} bytes"
         return (f"{self.associations} association{'s' * (self.associations != 1)}, "
