@@ -325,6 +325,22 @@ def test_primitives_from_parsed_fields_are_the_ones_pynetdicom_decodes(command, 
                 assert type(getattr(ours, keyword)) is type(getattr(expected, keyword)), keyword
 
 
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", generate_uid(), "1.02.3", "1.2.x", "9" * 64])
+def test_the_instance_uid_is_taken_as_pynetdicoms_setter_takes_it(sop_instance):
+    """Conformant UIDs skip the setter; the others still go through it and get its warning."""
+    command = store_command(sop_instance=sop_instance)
+    message = C_STORE_RQ()
+    message.command_set = decode(io.BytesIO(command), True, True)
+    expected = message.message_to_primitive().AffectedSOPInstanceUID
+    ours = primitive_from_fields(command_fields(command), 1).AffectedSOPInstanceUID
+    assert (ours, type(ours)) == (expected, type(expected))
+
+
+def test_an_instance_uid_the_setter_refuses_is_refused():
+    with pytest.raises(ValueError, match="must not exceed 64 characters"):
+        primitive_from_fields({"CommandField": 1, "AffectedSOPInstanceUID": "9" * 65}, 1)
+
+
 def test_a_find_response_with_an_error_comment_is_left_to_pynetdicom():
     assert parse_response(find_response(0xA700, False, "too many matches")) is None
 

@@ -460,18 +460,20 @@ class Writer:
         row = self.conn.execute("SELECT sop_instance_uid FROM instances WHERE path = ?", (path,)).fetchone()
         return row[0] if row else None
 
-    def put(self, values: Mapping[str, str], file: FileInfo) -> None:
+    def put(self, values: Mapping[str, str], file: FileInfo, known_new: bool = False) -> None:
         """Insert or update the instance and its series, study and patient (one set of statements).
 
         At the patient, study and series levels a non-empty new value replaces the stored one and an
         empty one keeps it; the instance row is replaced whole. A study (series) whose new instance
-        names another patient (study) moves there, and the old parent is settled.
+        names another patient (study) moves there, and the old parent is settled. ``known_new``: the
+        caller found no row with this SOP Instance UID in this transaction (a store's duplicate
+        check), so the instance row is inserted without looking for it again.
         """
         moves, now = self._moves, _now()
         patient_pk, _ = self._upsert(PATIENT, values, None, None, now)
         study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk, now)
         series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now)
-        new_instance = self._upsert_instance(values, file, series_pk, now)
+        new_instance = self._upsert_instance(values, file, series_pk, now, known_new)
         if new_instance and self._moves == moves:
             self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series)
         else:
@@ -491,10 +493,9 @@ class Writer:
         """
         self.conn.execute("UPDATE series SET number_of_series_related_instances = "
                           "number_of_series_related_instances + 1 WHERE pk = ?", (series_pk,))
-        row = self.conn.execute("SELECT sop_classes_in_study FROM studies WHERE pk = ?", (study_pk,)).fetchone()
-        classes = set(filter(None, row[0].split("\\"))) | set(filter(None, [values.get("SOPClassUID", "")]))
-        modalities = [m for (m,) in self.conn.execute(
-            "SELECT DISTINCT modality FROM series WHERE study_pk = ? AND modality != ''", (study_pk,))]
+        stored_classes, modality_list = self.conn.execute(_STUDY_LISTS, (study_pk, study_pk)).fetchone()
+        classes = set(filter(None, stored_classes.split("\\"))) | set(filter(None, [values.get("SOPClassUID", "")]))
+        modalities = set(filter(None, (modality_list or "").split("\\")))
         self.conn.execute(
             "UPDATE studies SET modalities_in_study = ?, sop_classes_in_study = ?, "
             "number_of_study_related_series = number_of_study_related_series + ?, "
@@ -533,13 +534,13 @@ class Writer:
                           [*changed.values(), row[0]])
         return row[0], False
 
-    def _upsert_instance(self, values, file: FileInfo, series_pk: int, now: str) -> bool:
+    def _upsert_instance(self, values, file: FileInfo, series_pk: int, now: str, known_new: bool) -> bool:
         """Insert or replace the instance row; True if it is new."""
         columns = _value_columns(IMAGE, values)
         columns.update(series_pk=series_pk, path=file.path, size=file.size, mtime_ns=file.mtime_ns,
                        received_at=now, calling_aet=file.calling_aet, source=file.source)
-        old = self.conn.execute("SELECT pk, series_pk FROM instances WHERE sop_instance_uid = ?",
-                                (columns["sop_instance_uid"],)).fetchone()
+        old = None if known_new else self.conn.execute(
+            "SELECT pk, series_pk FROM instances WHERE sop_instance_uid = ?", (columns["sop_instance_uid"],)).fetchone()
         names = list(columns)
         if old is None:
             self.conn.execute(f"INSERT INTO instances ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -647,6 +648,11 @@ class Writer:
             "number_of_patient_related_instances = (SELECT count(*) FROM instances i "
             "  JOIN series se ON i.series_pk = se.pk JOIN studies st ON se.study_pk = st.pk "
             "  WHERE st.patient_pk = ?) WHERE pk = ?", (pk, pk, pk, pk))
+
+
+# A study's SOP classes as stored and its series' distinct modalities, in one statement.
+_STUDY_LISTS = ("SELECT sop_classes_in_study, (SELECT group_concat(modality, '\\') FROM (SELECT DISTINCT "
+                "modality FROM series WHERE study_pk = ? AND modality != '')) FROM studies WHERE pk = ?")
 
 
 class _LevelSQL(NamedTuple):

@@ -260,9 +260,13 @@ class Archive:
             if self.fsync:
                 self._io(lambda: _fsync(staged), header, f"cannot fsync {staged}")
             with self._lock:
-                return self._commit(staged, header, final, calling_aet)
-        finally:
+                outcome = self._commit(staged, header, final, calling_aet)
+        except BaseException:
             self.discard(staged)
+            raise
+        if outcome.kind == "ignored":
+            self.discard(staged)  # stored and replaced ones were renamed into place
+        return outcome
 
     def discard(self, staged: Path | str) -> None:
         """Remove a staged file (after an abort, or whatever store_file did not keep)."""
@@ -330,7 +334,8 @@ class Archive:
                     for directory in map(os.path.dirname, [final, *created]):
                         self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
                 st = self._io(lambda: os.stat(final), header, f"cannot stat {key}")
-                tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"))
+                tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"),
+                       known_new=existing is None)
                 if existing is not None and existing["path"] != key:
                     old_file = self.path_for(existing["path"])
         except sqlite3.Error as exc:
