@@ -194,6 +194,7 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 META_KEYWORDS = {"TransferSyntaxUID": 0x00020010, "MediaStorageSOPClassUID": 0x00020002}
 _TAG_LENGTH = struct.Struct("<HHL")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
+_LENGTH = struct.Struct("<L")
 
 
 class _Unscannable(Exception):
@@ -272,12 +273,21 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
     that lost its data, or a hostile length): refused here rather than stored as if whole.
     """
     found = {}
-    while pos < size:
-        group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
+    while pos < size:  # _value_start inlined: this loop runs once per element of every stored object
+        if explicit:
+            group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
+            if vr in LONG_LENGTH_VR_BYTES:
+                length = _LENGTH.unpack_from(data, pos + 8)[0]
+                pos += 12
+            elif vr.isalpha() and vr.isupper():
+                pos += 8
+            else:
+                raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
+        else:
+            group, element, length = _TAG_LENGTH.unpack_from(data, pos)
+            vr = None
+            pos += 8
         tag = group << 16 | element
-        if not explicit:
-            vr, length = None, _TAG_LENGTH.unpack_from(data, pos)[2]
-        pos, length = _value_start(data, pos, vr, length, explicit)
         if length != UNDEFINED and pos + length > size:
             raise BadHeader(f"element ({group:04X},{element:04X}) declares {length} bytes, "
                             f"{max(size - pos, 0)} are left in the dataset")
@@ -286,7 +296,7 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
         if length == UNDEFINED:
             pos = _walk_sequence(data, pos, explicit and vr != b"UN", None)
             continue
-        if _is_sequence(tag, vr, explicit):
+        if vr == b"SQ" or vr is None and _is_sequence(tag, vr, explicit):
             pos = _walk_sequence(data, pos, explicit, pos + length)
             continue
         if tag in wanted:
@@ -304,7 +314,7 @@ def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -
     if not (vr.isalpha() and vr.isupper()):
         raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
     if vr in LONG_LENGTH_VR_BYTES:
-        return pos + 12, struct.unpack_from("<L", data, pos + 8)[0]
+        return pos + 12, _LENGTH.unpack_from(data, pos + 8)[0]
     return pos + 8, short_length
 
 
@@ -371,4 +381,6 @@ def _text(data: bytes, pos: int, length: int) -> str:
 
 def _index_text(text: str) -> str:
     """As :func:`element_text` gives it from pydicom: each value stripped of its padding."""
+    if "\\" not in text:
+        return text.strip(" \x00")
     return "\\".join(part.strip(" \x00") for part in text.split("\\"))
