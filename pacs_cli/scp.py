@@ -52,6 +52,7 @@ class StorageSCP:
         self.listener = listener
         self.archive = Archive.open(settings.archive_dir, settings.db_path, template=settings.template,
                                     on_duplicate=settings.on_duplicate, fsync=settings.fsync)
+        self.archive.index.checkpoint_in_background()
         configure_pynetdicom(self.archive.staging_dir)
         self.stats = Stats()
         self.events = EventLog(settings.events)

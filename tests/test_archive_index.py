@@ -10,13 +10,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import pacs_cli.archive
 from pacs_cli.archive import Archive, NotFound, schema
-from pacs_cli.archive.index import Index
+from pacs_cli.archive.index import WRITER_CHECKPOINT_PAGES, Index
 from test_archive_support import (
     MR_IMAGE, TEST_FILES, archived_files, count, dataset, part10, rows, store, write_file,
 )
@@ -86,6 +88,30 @@ def test_sql_lives_only_in_index_py():
 
 
 # -- derived columns and "newest non-empty value wins" -------------------------------------------------
+
+
+def checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pacs-checkpoint"]
+
+
+@pytest.mark.parametrize("interval, copied", [(3600, False), (0.05, True)], ids=["writers-wait", "thread-copies"])
+def test_background_checkpoints_take_the_wal_copy_off_the_writers(tmp_path, interval, copied):
+    """300 stores write ~2,400 WAL pages: past SQLite's 1,000, the committing store would copy them
+    into the database file. With background checkpoints on, only the thread does, within its interval."""
+    archive = Archive.open(tmp_path / "archive")
+    archive.index.checkpoint_in_background(interval)
+    assert archive.index.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WRITER_CHECKPOINT_PAGES
+    size = archive.db_path.stat().st_size
+    for n in range(300):
+        store(archive, dataset(f"1.2.9.{n}"))
+    deadline = time.monotonic() + 5
+    while copied and archive.db_path.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (archive.db_path.stat().st_size > size) is copied
+    assert len(checkpointer_threads()) == 1
+    archive.close()
+    assert checkpointer_threads() == []
+    assert count(archive.db_path, "instances") == 300
 
 
 def test_derived_columns_follow_every_change(archive):
