@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import struct
@@ -16,17 +17,6 @@ from pacs_cli.dimse.reactor import READ_AHEAD, PollReadySocket
 def pdu(body_length: int, fill: int) -> bytes:
     """A P-DATA-TF-shaped PDU: type, reserved byte, length, body."""
     return struct.pack(">BBL", 0x04, 0, body_length) + bytes([fill]) * body_length
-
-
-class CountingSocket:
-    """A socket that counts the reads made on it."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.reads = sock, 0
-
-    def recv_into(self, view) -> int:
-        self.reads += 1
-        return self.sock.recv_into(view)
 
 
 @pytest.fixture
@@ -62,15 +52,38 @@ def test_pdus_come_out_whole_and_in_order_whatever_their_size(pair):
     assert read_pdu(sock) == b""  # the peer closed between PDUs: nothing, as pynetdicom's read gives
 
 
-def test_pdus_already_sent_are_read_in_one_system_call(pair):
+def counting_reads(monkeypatch) -> list[str]:
+    """Every read of a socket, by the call that made it: ``readv`` on its descriptor, or ``recv_into``."""
+    reads, readv, recv_into = [], os.readv, socket.socket.recv_into
+    monkeypatch.setattr(os, "readv", lambda fd, buffers: reads.append("readv") or readv(fd, buffers))
+    monkeypatch.setattr(socket.socket, "recv_into",
+                        lambda self, *args: reads.append("recv_into") or recv_into(self, *args))
+    return reads
+
+
+def test_pdus_already_sent_are_read_in_one_system_call(pair, monkeypatch):
     sock, peer = pair
     pdus = [pdu(200, number) for number in range(50)]  # 50 pending C-FIND responses, say
     peer.sendall(b"".join(pdus))
-    sock.socket = counting = CountingSocket(sock.socket)
+    reads = counting_reads(monkeypatch)
     first = read_pdu(sock)
     assert first == pdus[0] and sock.read_ahead and sock.ready  # the rest is held, and says so
     assert [read_pdu(sock) for _ in pdus[1:]] == pdus[1:]
-    assert counting.reads == 1
+    assert reads == ["readv"]
+
+
+def test_a_read_waits_by_the_sockets_timeout_only_when_nothing_has_come(pair, monkeypatch):
+    """With a timeout, the bytes already there are read without a poll first; only a read that finds
+    none (EAGAIN) waits in recv_into, and that one times out."""
+    sock, peer = pair
+    sock.socket.settimeout(0.2)
+    reads = counting_reads(monkeypatch)
+    peer.sendall(pdu(100, 1))
+    assert read_pdu(sock) == pdu(100, 1)
+    assert reads == ["readv"]
+    with pytest.raises(TimeoutError):
+        read_pdu(sock)
+    assert reads == ["readv", "readv", "recv_into"]
 
 
 def test_a_pdu_cut_short_by_the_peer_comes_out_short(pair):
