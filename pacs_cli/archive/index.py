@@ -739,11 +739,16 @@ def _level_sql(level: str, parent_column: str | None) -> _LevelSQL:
 def _value_columns(level: str, values: Mapping[str, str]) -> dict:
     """column -> value for one level's columns read from the file, PN columns with their _norm twin."""
     columns = {}
-    for column in schema.COLUMNS:
-        if column.level != level or column.source == "derived":
-            continue
-        value = values.get(column.keyword, "") or ""
-        columns[column.column] = value
-        if column.norm_column:
-            columns[column.norm_column] = schema.normalise_pn(value)
+    for keyword, column, norm_column in _read_columns(level):
+        value = values.get(keyword, "") or ""
+        columns[column] = value
+        if norm_column:
+            columns[norm_column] = schema.normalise_pn(value)
     return columns
+
+
+@functools.lru_cache(maxsize=None)
+def _read_columns(level: str) -> tuple[tuple[str, str, str | None], ...]:
+    """(keyword, column, PN twin) of a level's columns read from the file: four levels per store."""
+    return tuple((c.keyword, c.column, c.norm_column) for c in schema.COLUMNS
+                 if c.level == level and c.source != "derived")

@@ -122,5 +122,7 @@ def normalise_pn(value: str) -> str:
     PS3.4 C.2.2.2.1 lets PN matching ignore case and accents; apply the same function to the
     query value. All component groups are kept (alphabetic=ideographic=phonetic).
     """
+    if value.isascii():  # nothing to decompose: the common case, per stored name
+        return value.lower()
     decomposed = unicodedata.normalize("NFKD", value)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
