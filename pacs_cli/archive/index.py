@@ -526,9 +526,10 @@ class Writer:
         check), so the instance row is inserted without looking for it again.
         """
         moves, now = self._moves, _now()
-        patient_pk, _ = self._upsert(PATIENT, values, None, None, now)
-        study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk, now)
-        series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now)
+        known = self._known_series(values)
+        patient_pk, _ = self._upsert(PATIENT, values, None, None, now, known)
+        study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk, now, known)
+        series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now, known)
         new_instance = self._upsert_instance(values, file, series_pk, now, known_new)
         if new_instance and self._moves == moves:
             self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series)
@@ -563,9 +564,25 @@ class Writer:
             "number_of_patient_related_instances = number_of_patient_related_instances + 1 WHERE pk = ?",
             (int(new_study), int(new_series), patient_pk))
 
+    def _known_series(self, values) -> dict[str, tuple]:
+        """The series, study and patient rows of an instance whose series is stored already under the
+        study and patient it names, by level, as each level's select returns them; {} otherwise.
+
+        One statement where the levels' own selects are three: the next instance of a series, the
+        common case, finds all three rows here.
+        """
+        row = self.conn.execute(_KNOWN_SERIES.select, [values.get(keyword, "") for keyword in _KNOWN_SERIES.keys]
+                                ).fetchone()
+        if row is None:
+            return {}
+        rows, start = {}, 0
+        for level, width in _KNOWN_SERIES.widths:
+            rows[level], start = row[start:start + width], start + width
+        return rows
+
     def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None,
-                now: str) -> tuple[int, bool]:
-        """The row's pk, and whether it was created.
+                now: str, known: dict[str, tuple]) -> tuple[int, bool]:
+        """The row's pk, and whether it was created (``known``: rows :meth:`_known_series` found).
 
         An existing row is updated only in the columns whose value changes (a non-empty new value
         that differs): rewriting every column rewrote the entries of each index on them, most of the
@@ -575,7 +592,8 @@ class Writer:
         columns = _value_columns(level, values)
         if parent_column:
             columns[parent_column] = parent_pk
-        row = self.conn.execute(sql.select, [values.get(keyword, "") for keyword in sql.key_keywords]).fetchone()
+        row = known.get(level) or self.conn.execute(
+            sql.select, [values.get(keyword, "") for keyword in sql.key_keywords]).fetchone()
         if row is None:
             columns["updated_at"] = now
             return self.conn.execute(sql.insert(columns), list(columns.values())).fetchone()[0], True
@@ -736,6 +754,30 @@ def _level_sql(level: str, parent_column: str | None) -> _LevelSQL:
                      f"SELECT pk, {', '.join(stored)} FROM {table} WHERE {where}")
 
 
+class _SeriesSQL(NamedTuple):
+    """The statement of :meth:`Writer._known_series`, built once."""
+
+    select: str
+    keys: list[str]  # keywords of its parameters
+    widths: list[tuple[str, int]]  # (level, columns) in the order the row holds them
+
+
+def _known_series_sql() -> _SeriesSQL:
+    aliases = {SERIES: "se", STUDY: "st", PATIENT: "p"}
+    levels = [(SERIES, "study_pk"), (STUDY, "patient_pk"), (PATIENT, None)]
+    selected, keys, conditions, widths = [], [], [], []
+    for level, parent_column in levels:
+        sql, alias = _level_sql(level, parent_column), aliases[level]
+        names = ["pk", *sql.stored_columns]
+        selected += [f"{alias}.{name}" for name in names]
+        widths.append((level, len(names)))
+        key_columns = [schema.BY_KEYWORD[keyword].column for keyword in sql.key_keywords]
+        conditions += [f"{alias}.{column} = ?" for column in key_columns]
+        keys += sql.key_keywords
+    return _SeriesSQL(f"SELECT {', '.join(selected)} FROM series se JOIN studies st ON se.study_pk = st.pk "
+                      f"JOIN patients p ON st.patient_pk = p.pk WHERE {' AND '.join(conditions)}", keys, widths)
+
+
 def _value_columns(level: str, values: Mapping[str, str]) -> dict:
     """column -> value for one level's columns read from the file, PN columns with their _norm twin."""
     columns = {}
@@ -752,3 +794,6 @@ def _read_columns(level: str) -> tuple[tuple[str, str, str | None], ...]:
     """(keyword, column, PN twin) of a level's columns read from the file: four levels per store."""
     return tuple((c.keyword, c.column, c.norm_column) for c in schema.COLUMNS
                  if c.level == level and c.source != "derived")
+
+
+_KNOWN_SERIES = _known_series_sql()
