@@ -455,11 +455,13 @@ class EventDrivenDUL(DULServiceProvider):
         peer = self.socket.socket if self.socket is not None else None
         if peer is not None and peer.fileno() >= 0:
             poller.register(peer, select.POLLIN)
-        woken = {fd for fd, _ in poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000)}
+        woken = dict(poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000))
         if self._wakeup.fileno() in woken:
             self._wakeup.drain()  # only then: an empty drain is a system call and an exception
-        if peer is not None and peer.fileno() in woken:
-            self.socket.polled_readable = True  # one poll per wait, not a second one in ``ready``
+        if peer is not None and woken.get(peer.fileno(), 0) & select.POLLIN:
+            # one poll per wait, not a second one in ``ready``; POLLIN only: a socket not connected
+            # yet reports POLLHUP, and a flag left from then made a silent peer's first read block
+            self.socket.polled_readable = True
 
     def kill_dul(self) -> None:
         self._kill_thread = True
