@@ -264,14 +264,15 @@ def test_a_full_index_disk_answers_a700_and_stores_nothing_then_recovers(tmp_pat
     assert store_datasets(scp.port, [first]) == {first.SOPInstanceUID: SUCCESS}
 
     _fill(tiny_tmpfs, inodes=False)
-    paths = {}
+    during = {}  # SOP Instance UID -> (source file, its dataset)
     for n in range(60):
-        ds = read(make_file(sources / f"during{n}.dcm", patient_id="DURING"))
-        paths[ds.SOPInstanceUID] = sources / f"during{n}.dcm"
-    statuses = store_datasets(scp.port, [read(path) for path in paths.values()])
+        path = make_file(sources / f"during{n}.dcm", patient_id="DURING")
+        ds = read(path)
+        during[ds.SOPInstanceUID] = path, ds
+    statuses = store_datasets(scp.port, [ds for _, ds in during.values()])
     refused = [uid for uid, status in statuses.items() if status == OUT_OF_RESOURCES]
     stored = [uid for uid, status in statuses.items() if status == SUCCESS]
-    assert refused and len(refused) + len(stored) == len(paths), statuses
+    assert refused and len(refused) + len(stored) == len(during), statuses
     for uid in refused:
         assert scp.rows("select * from instances where sop_instance_uid = ?", (uid,)) == []
     assert sorted(p.name for p in scp.files()) == sorted(f"{uid}.dcm" for uid in [first.SOPInstanceUID, *stored])
@@ -280,9 +281,9 @@ def test_a_full_index_disk_answers_a700_and_stores_nothing_then_recovers(tmp_pat
     assert_survives(scp, baseline, "a C-STORE refused for a full index disk")
 
     (tiny_tmpfs / "fill").unlink()
-    victim = read(paths[refused[0]])
+    victim_path, victim = during[refused[0]]
     assert store_datasets(scp.port, [victim]) == {victim.SOPInstanceUID: SUCCESS}
-    assert dataset_bytes(stored_file(scp, victim.SOPInstanceUID)) == dataset_bytes(paths[refused[0]])
+    assert dataset_bytes(stored_file(scp, victim.SOPInstanceUID)) == dataset_bytes(victim_path)
     result = verify_index(scp)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_survives(scp, baseline, "space came back")

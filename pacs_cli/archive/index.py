@@ -789,7 +789,7 @@ def _value_columns(level: str, values: Mapping[str, str]) -> dict:
     return columns
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_columns(level: str) -> tuple[tuple[str, str, str | None], ...]:
     """(keyword, column, PN twin) of a level's columns read from the file: four levels per store."""
     return tuple((c.keyword, c.column, c.norm_column) for c in schema.COLUMNS

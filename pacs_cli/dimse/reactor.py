@@ -246,15 +246,12 @@ class PollReadySocket(AssociationSocket):
         return got
 
     def _socket_read(self, view: memoryview) -> int:
-        """One read from the socket into ``view``: the bytes read, 0 once the peer closed."""
-        return self._receive_into(view)
+        """One read from the socket into ``view``: the bytes read, 0 once the peer closed.
 
-    def _receive_into(self, view: memoryview) -> int:
-        """``recv_into``, without its ``poll()`` when the bytes are there already.
-
-        A socket with a timeout polls before every read, though the reactor reads only once its
-        own poll saw the socket readable: a system call per read for nothing (22 per 0.5 MB image
-        received). A plain socket with a timeout is non-blocking underneath, so ``readv`` on its
+        ``recv_into``, without its ``poll()`` when the bytes are there already: a socket with a
+        timeout polls before every read, though the reactor reads only once its own poll saw the
+        socket readable: a system call per read for nothing (22 per 0.5 MB image received). A plain
+        socket with a timeout is non-blocking underneath, so ``readv`` on its
         descriptor returns what is there, or EAGAIN, and only then does ``recv_into`` wait, by its
         timeout; a blocking one blocks in either. TLS reads go through the SSL object.
         """

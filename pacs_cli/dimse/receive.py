@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import tempfile
+import types
 from io import BytesIO
 
 from pydicom import config as pydicom_config
@@ -203,15 +204,24 @@ def _staged_file(suffix: str = ".dcm"):
     write (the default 8 KiB wrote the File Meta alone first)."""
     folder = tempfile.gettempdir()
     while True:
-        path = os.path.join(folder, f"tmp{os.getpid()}-{next(_STAGED_NAMES)}{suffix}")
+        path = os.path.join(folder, f"{_staged_names.prefix}{next(_staged_names.counter)}{suffix}")
         try:
             return open(path, "xb", buffering=STAGING_BUFFER)  # noqa: SIM115 - the message owns it until the handler's done
         except FileExistsError:
             continue
 
 
-_STAGED_NAMES = itertools.count()
 STAGING_BUFFER = 64 * 1024
+_staged_names = types.SimpleNamespace()
+
+
+def _name_staged_files_anew() -> None:
+    """This process's staged-file names: its pid, taken once (a worker forked from the parent renames)."""
+    _staged_names.prefix, _staged_names.counter = f"tmp{os.getpid()}-", itertools.count()
+
+
+_name_staged_files_anew()
+os.register_at_fork(after_in_child=_name_staged_files_anew)
 
 
 def primitive_from_fields(fields: dict, context_id: int, primitive_class=C_STORE):

@@ -219,7 +219,7 @@ class GuardedSocket(reactor.PollReadySocket):
             if timeout is None or timeout > remaining + DEADLINE_SLACK:
                 self.socket.settimeout(remaining)
             try:
-                return self._receive_into(view)
+                return super()._socket_read(view)
             except TimeoutError:  # a timeout left shorter than this PDU's: look at the deadline again
                 self.socket.settimeout(max(self._deadline - time.monotonic(), 0.001))
 
