@@ -142,7 +142,7 @@ class WatchedSCP:
 
     def files(self) -> list[Path]:
         """Every file under the archive root but the index and the staging directory."""
-        own = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-shm"}
+        own = {self.db_path.name + suffix for suffix in ("", "-wal", "-shm", "-lock")}
         return sorted(p for p in self.archive.rglob("*")
                       if p.is_file() and ".incoming" not in p.relative_to(self.archive).parts and p.name not in own)
 

@@ -4,7 +4,9 @@ and the archive package's import and SQL boundaries."""
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -112,6 +114,23 @@ def test_background_checkpoints_take_the_wal_copy_off_the_writers(tmp_path, inte
     archive.close()
     assert checkpointer_threads() == []
     assert count(archive.db_path, "instances") == 300
+
+
+def test_a_write_holds_the_index_lock_file_against_other_processes(archive):
+    """Writers queue on ``index.sqlite-lock`` (flock) before BEGIN IMMEDIATE: a writer of another
+    process waits in the kernel and is woken when the turn is free, instead of sleeping in SQLite's
+    busy handler. The file is one of the archive's own: never a store's target, never indexed."""
+    lock_path = archive.db_path.with_name("index.sqlite-lock")
+    with archive.index.write():
+        other = os.open(lock_path, os.O_RDWR)  # another open file description, as another process has
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    store(archive, dataset("1.1"))
+    assert lock_path in archive.own_files()
+    assert archive.index_files([archive.root]).files == 1
 
 
 def test_derived_columns_follow_every_change(archive):

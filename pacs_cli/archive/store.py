@@ -197,9 +197,8 @@ class Archive:
         return self.index.path
 
     def own_files(self) -> list[Path]:
-        """The index and its WAL/SHM/journal files: never a target, never scanned."""
-        db = self.index.path
-        return [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))]
+        """The index and its WAL/SHM/journal/lock files: never a target, never scanned."""
+        return self.index.own_files()
 
     def _claim_staging(self):
         """Sweep stale staging files; hold a shared flock so later openers know we are alive."""
