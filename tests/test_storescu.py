@@ -432,6 +432,32 @@ def test_parallel_associations_store_every_file_once(script_runner, scp_factory,
     assert len([e for e in scp.event_lines() if e["event"] == "association-accepted"]) == 3
 
 
+def test_a_sender_process_that_dies_fails_only_its_unreported_files(scp_factory, tmp_path):
+    """Kill one of two sending processes mid-run: the other's files are stored, the dead one's
+    unconfirmed files are reported failed (each file once in the report), and the run exits 1."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    sources = [make_file(folder / f"{i:03d}.dcm") for i in range(30)]
+    scp = scp_factory("--fault-delay", "0.05")
+    report = tmp_path / "report.json"
+    sender = subprocess.Popen(["pacs", "storescu", "-aec", "PACS", "127.0.0.1", str(scp.port), str(folder),
+                               "--associations", "2", "--report", str(report)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len([e for e in scp.event_lines() if e["event"] == "stored"]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    children = Path(f"/proc/{sender.pid}/task/{sender.pid}/children").read_text().split()
+    assert len(children) == 2
+    os.kill(int(children[0]), signal.SIGKILL)
+    _, err = sender.communicate(timeout=60)
+    assert sender.returncode == 1, err
+    entries = json.loads(report.read_text())["files"]
+    assert sorted(e["path"] for e in entries) == sorted(map(str, sources))  # each file once
+    died = [e for e in entries if e["outcome"] != "stored"]
+    assert died and all(e["outcome"] == "failed" and "ended unexpectedly" in e["error"] for e in died), died
+    assert len({row["sop_instance_uid"] for row in scp.rows()}) >= 30 - len(died)
+
+
 def test_receiver_restarted_mid_run_with_retries(scp_factory, tmp_path):
     """Kill the receiver mid-run, start it again on the same port: the run completes, each file reported once."""
     folder = tmp_path / "spool"

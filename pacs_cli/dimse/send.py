@@ -33,8 +33,8 @@ import glob
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import shutil
 import signal
 import struct
@@ -1063,30 +1063,39 @@ def send_parallel(connection: Connection, shards: list[list[Item]], options: Sen
                   on_started: Callable[[], None] = lambda: None) -> None:
     """Run one worker per shard (processes or threads) and pass their messages to ``emit`` in this thread.
 
-    Workers are started before ``on_started`` (which may start a progress bar's thread): forking a
-    process that runs other threads can copy a held lock into the child.
+    Each worker writes its messages into a pipe of its own, from its sending thread: a
+    ``multiprocessing.Queue`` added a feeder thread per process, woken (and handed the GIL) for
+    every file, and a lock per message; the end of a pipe also tells a worker that died from one
+    still sending. Workers are started before ``on_started`` (which may start a progress bar's
+    thread): forking a process that runs other threads can copy a held lock into the child.
     """
     stop = threading.Event()
-    if options.parallel == "thread":
-        channel: queue.Queue = queue.Queue()
-        workers = [threading.Thread(target=_worker, args=(connection, s, options, channel, n, None, stop),
-                                    daemon=True) for n, s in enumerate(shards)]
-    else:
-        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        channel = context.Queue()
-        level = logging.getLogger("pacs_cli").getEffectiveLevel()
-        workers = [context.Process(target=_worker, args=(connection, s, options, channel, n, level), daemon=True)
-                   for n, s in enumerate(shards)]
-    for worker in workers:
-        worker.start()
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    level = logging.getLogger("pacs_cli").getEffectiveLevel()
+    readers, workers = [], []
+    for number, items in enumerate(shards):
+        reader, writer = context.Pipe(duplex=False)
+        if options.parallel == "thread":
+            worker = threading.Thread(target=_worker, args=(connection, items, options, writer, number, None, stop),
+                                      daemon=True)
+            worker.start()
+        else:
+            worker = context.Process(target=_worker, args=(connection, items, options, writer, number, level),
+                                     daemon=True)
+            worker.start()
+            writer.close()  # the child's copy is the one left (later children never see it): its exit ends the pipe
+        readers.append(reader)
+        workers.append(worker)
     on_started()
     try:
-        _drain(workers, shards, channel, emit)
+        _drain(readers, shards, emit)
     except BaseException:
         _interrupt(workers, stop)
         raise
     finally:
         _join(workers)
+        for reader in readers:
+            reader.close()
 
 
 def _interrupt(workers, stop: threading.Event) -> None:
@@ -1105,27 +1114,29 @@ def _join(workers) -> None:
             worker.join()
 
 
-def _drain(workers, shards, channel, emit: Emit) -> None:
-    """Pass messages on until every worker said "done"; a worker that died silently fails its rest."""
+def _drain(readers: list, shards: list[list[Item]], emit: Emit) -> None:
+    """Pass messages on until every worker's pipe has ended; one that ended before "done" (its
+    process died) fails the files it had not reported."""
+    numbers = {reader: number for number, reader in enumerate(readers)}
     done: set[int] = set()
     reported: set[int] = set()
-    while len(done) < len(workers):
-        try:
-            number, kind, payload = channel.get(timeout=0.2)
-        except queue.Empty:
-            for number, worker in enumerate(workers):
-                if number not in done and not worker.is_alive() and channel.empty():
+    while numbers:
+        for reader in multiprocessing.connection.wait(list(numbers)):
+            try:
+                number, kind, payload = reader.recv()
+            except EOFError:
+                number = numbers.pop(reader)
+                if number not in done:
                     _fail_unreported(shards[number], reported, emit)
-                    done.add(number)
-            continue
-        if kind == "done":
-            done.add(number)
-        elif kind == "fatal":
-            raise _rebuild(payload)
-        else:
-            if kind == "result":
-                reported.add(payload.index)
-            emit(kind, payload)
+                continue
+            if kind == "done":
+                done.add(number)
+            elif kind == "fatal":
+                raise _rebuild(payload)
+            else:
+                if kind == "result":
+                    reported.add(payload.index)
+                emit(kind, payload)
 
 
 def _fail_unreported(items: list[Item], reported: set[int], emit: Emit) -> None:
@@ -1136,7 +1147,8 @@ def _fail_unreported(items: list[Item], reported: set[int], emit: Emit) -> None:
 
 def _worker(connection: Connection, items: list[Item], options: SendOptions, channel, number: int,
             level: int | None, stop: threading.Event | None = None) -> None:
-    """One association's sender; in a process (``level`` given) it also sets up logging and pynetdicom.
+    """One association's sender, writing its messages into ``channel`` (its pipe's end); in a process
+    (``level`` given) it also sets up logging and pynetdicom.
 
     A thread is told to stop through ``stop``, checked after each file; a process by SIGINT. Either
     way the association is aborted on the way out, by :func:`~pacs_cli.dimse.ae.associate`.
@@ -1145,7 +1157,7 @@ def _worker(connection: Connection, items: list[Item], options: SendOptions, cha
         _configure_worker(level)
 
     def emit(kind, payload):
-        channel.put((number, kind, payload))
+        channel.send((number, kind, payload))
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
 
@@ -1154,11 +1166,12 @@ def _worker(connection: Connection, items: list[Item], options: SendOptions, cha
     except KeyboardInterrupt:
         pass
     except PacsError as exc:
-        channel.put((number, "fatal", (type(exc), exc.message, exc.hint)))
+        channel.send((number, "fatal", (type(exc), exc.message, exc.hint)))
     except BaseException as exc:  # noqa: BLE001 - told to the parent, which owns the exit code
-        channel.put((number, "fatal", (PacsError, f"unexpected {type(exc).__name__} while sending: {exc}", None)))
+        channel.send((number, "fatal", (PacsError, f"unexpected {type(exc).__name__} while sending: {exc}", None)))
     finally:
-        channel.put((number, "done", None))
+        channel.send((number, "done", None))
+        channel.close()
 
 
 def _rebuild(payload) -> PacsError:
