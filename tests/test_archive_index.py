@@ -184,7 +184,7 @@ def test_counts_kept_per_store_equal_a_full_recount(tmp_path, phase):
 
     def store_one(uid: str) -> None:
         study = rng.choice(["1.2.3", "1.2.4", "1.2.5"])
-        modality, sop_class = rng.choice([("CT", "1.2.840.10008.5.1.4.1.1.2"), ("MR", MR_IMAGE)])
+        modality, sop_class = rng.choice([("CT", "1.2.840.10008.5.1.4.1.1.2"), ("MR", MR_IMAGE), ("", MR_IMAGE)])
         patient = {"1.2.3": "P1", "1.2.4": "P1", "1.2.5": rng.choice(["P2", "P3"])}[study]
         store(archive, dataset(uid, patient_id=patient, study=study, series=f"{study}.{rng.choice([1, 2])}",
                                modality=modality, sop_class=sop_class))

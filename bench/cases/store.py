@@ -24,7 +24,8 @@ from _common import (
     log_tail, log_tails, ratio, ready_file, run, runs_summary, table,
 )
 
-PACS_OWN = (".incoming", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal")
+PACS_OWN = (".incoming", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal",
+            "index.sqlite-lock")
 SHAPES = {"store-ct": "ct", "store-mr": "mr", "store-large": "large"}
 
 

@@ -586,31 +586,35 @@ class Writer:
         check), so the instance row is inserted without looking for it again.
         """
         moves, now = self._moves, _now()
-        known = self._known_series(values)
+        known, study_lists = self._known_series(values)
         patient_pk, _ = self._upsert(PATIENT, values, None, None, now, known)
         study_pk, new_study = self._upsert(STUDY, values, "patient_pk", patient_pk, now, known)
         series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now, known)
         new_instance = self._upsert_instance(values, file, series_pk, now, known_new)
         if new_instance and self._moves == moves:
-            self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series)
+            if not _same_modality(values, known):
+                study_lists = None
+            self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series, study_lists)
         else:
             self._series.add(series_pk)
             self._studies.add(study_pk)
             self._patients.add(patient_pk)
 
     def _count_addition(self, values, patient_pk: int, study_pk: int, series_pk: int, new_study: bool,
-                        new_series: bool) -> None:
+                        new_series: bool, study_lists: tuple[str, str] | None) -> None:
         """Derived columns for one more instance, without recounting its study.
 
         settle() recounts every instance of a touched study, patient and series: fine for a move or
         a removal, but for the common case (a new instance, nothing moved) it made each store cost
         time proportional to the size of its study. Here the counts go up by one, the instance's
         SOP class joins the study's list, and only Modalities in Study, which depends on the study's
-        few series, is recomputed.
+        few series, is recomputed, unless ``study_lists`` (the study's stored SOP classes and
+        modalities) says it cannot have changed.
         """
         self.conn.execute("UPDATE series SET number_of_series_related_instances = "
                           "number_of_series_related_instances + 1 WHERE pk = ?", (series_pk,))
-        stored_classes, modality_list = self.conn.execute(_STUDY_LISTS, (study_pk, study_pk)).fetchone()
+        stored_classes, modality_list = study_lists or self.conn.execute(_STUDY_LISTS, (study_pk, study_pk)
+                                                                         ).fetchone()
         classes = set(filter(None, stored_classes.split("\\"))) | set(filter(None, [values.get("SOPClassUID", "")]))
         modalities = set(filter(None, (modality_list or "").split("\\")))
         self.conn.execute(
@@ -624,21 +628,22 @@ class Writer:
             "number_of_patient_related_instances = number_of_patient_related_instances + 1 WHERE pk = ?",
             (int(new_study), int(new_series), patient_pk))
 
-    def _known_series(self, values) -> dict[str, tuple]:
+    def _known_series(self, values) -> tuple[dict[str, tuple], tuple[str, str] | None]:
         """The series, study and patient rows of an instance whose series is stored already under the
-        study and patient it names, by level, as each level's select returns them; {} otherwise.
+        study and patient it names, by level, as each level's select returns them, and the study's
+        SOP classes and modalities as stored; ({}, None) otherwise.
 
-        One statement where the levels' own selects are three: the next instance of a series, the
-        common case, finds all three rows here.
+        One statement where the levels' own selects are three, and the study's lists a fourth: the
+        next instance of a series, the common case, finds them all here.
         """
         row = self.conn.execute(_KNOWN_SERIES.select, [values.get(keyword, "") for keyword in _KNOWN_SERIES.keys]
                                 ).fetchone()
         if row is None:
-            return {}
+            return {}, None
         rows, start = {}, 0
         for level, width in _KNOWN_SERIES.widths:
             rows[level], start = row[start:start + width], start + width
-        return rows
+        return rows, row[start:]
 
     def _upsert(self, level: str, values, parent_column: str | None, parent_pk: int | None,
                 now: str, known: dict[str, tuple]) -> tuple[int, bool]:
@@ -834,8 +839,18 @@ def _known_series_sql() -> _SeriesSQL:
         key_columns = [schema.BY_KEYWORD[keyword].column for keyword in sql.key_keywords]
         conditions += [f"{alias}.{column} = ?" for column in key_columns]
         keys += sql.key_keywords
+    selected += ["st.sop_classes_in_study", "st.modalities_in_study"]  # the study's lists, after the levels
     return _SeriesSQL(f"SELECT {', '.join(selected)} FROM series se JOIN studies st ON se.study_pk = st.pk "
                       f"JOIN patients p ON st.patient_pk = p.pk WHERE {' AND '.join(conditions)}", keys, widths)
+
+
+def _same_modality(values: Mapping[str, str], known: dict[str, tuple]) -> bool:
+    """Whether the instance leaves its stored series' Modality as it is (an empty value keeps it), so
+    that the study's Modalities In Study, made of its series' modalities, stays as stored too."""
+    if SERIES not in known:
+        return False
+    modality = values.get("Modality", "")
+    return not modality or modality == known[SERIES][_SERIES_MODALITY]
 
 
 def _value_columns(level: str, values: Mapping[str, str]) -> dict:
@@ -857,3 +872,4 @@ def _read_columns(level: str) -> tuple[tuple[str, str, str | None], ...]:
 
 
 _KNOWN_SERIES = _known_series_sql()
+_SERIES_MODALITY = 1 + _level_sql(SERIES, "study_pk").stored_columns.index(schema.BY_KEYWORD["Modality"].column)
