@@ -133,6 +133,15 @@ def test_a_write_holds_the_index_lock_file_against_other_processes(archive):
     assert archive.index_files([archive.root]).files == 1
 
 
+def test_a_write_inside_a_write_is_refused_not_a_deadlock(archive):
+    with archive.index.write():
+        with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+            with archive.index.write():
+                pass
+    store(archive, dataset("1.1"))  # the turn was given back
+    assert count(archive.db_path, "instances") == 1
+
+
 def test_derived_columns_follow_every_change(archive):
     store(archive, dataset("1.1", series="1.2.3.1", modality="CT"))
     store(archive, dataset("1.2", series="1.2.3.1", modality="CT"))

@@ -252,16 +252,21 @@ class _WriterQueue:
         self._threads = threading.Lock()
         self._fd: int | None = None
         self._opened = False
+        self._holder: int | None = None  # the thread whose turn it is
 
     @contextmanager
     def turn(self) -> Iterator[None]:
+        if self._holder == threading.get_ident():  # a write inside a write: SQLite's error, not a deadlock
+            raise sqlite3.OperationalError("cannot start a transaction within a transaction")
         with self._threads:
             fd = self._fd if self._opened else self._open()
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            self._holder = threading.get_ident()
             try:
                 yield
             finally:
+                self._holder = None
                 if fd is not None:
                     fcntl.flock(fd, fcntl.LOCK_UN)
 
