@@ -432,20 +432,32 @@ def test_parallel_associations_store_every_file_once(script_runner, scp_factory,
     assert len([e for e in scp.event_lines() if e["event"] == "association-accepted"]) == 3
 
 
+def spooled_files(folder: Path, count: int) -> list[Path]:
+    folder.mkdir()
+    return [make_file(folder / f"{i:03d}.dcm") for i in range(count)]
+
+
+def start_sender(scp, folder: Path, report: Path, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(["pacs", "storescu", "-aec", "PACS", "127.0.0.1", str(scp.port), str(folder),
+                             *options, "--report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_stored(scp, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len([e for e in scp.event_lines() if e["event"] == "stored"]) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_a_sender_process_that_dies_fails_only_its_unreported_files(scp_factory, tmp_path):
     """Kill one of two sending processes mid-run: the other's files are stored, the dead one's
     unconfirmed files are reported failed (each file once in the report), and the run exits 1."""
     folder = tmp_path / "batch"
-    folder.mkdir()
-    sources = [make_file(folder / f"{i:03d}.dcm") for i in range(30)]
+    sources = spooled_files(folder, 30)
     scp = scp_factory("--fault-delay", "0.05")
     report = tmp_path / "report.json"
-    sender = subprocess.Popen(["pacs", "storescu", "-aec", "PACS", "127.0.0.1", str(scp.port), str(folder),
-                               "--associations", "2", "--report", str(report)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while len([e for e in scp.event_lines() if e["event"] == "stored"]) < 4 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    sender = start_sender(scp, folder, report, "--associations", "2")
+    wait_until_stored(scp, 4)
     children = Path(f"/proc/{sender.pid}/task/{sender.pid}/children").read_text().split()
     assert len(children) == 2
     os.kill(int(children[0]), signal.SIGKILL)
@@ -461,16 +473,11 @@ def test_a_sender_process_that_dies_fails_only_its_unreported_files(scp_factory,
 def test_receiver_restarted_mid_run_with_retries(scp_factory, tmp_path):
     """Kill the receiver mid-run, start it again on the same port: the run completes, each file reported once."""
     folder = tmp_path / "spool"
-    folder.mkdir()
-    sources = [make_file(folder / f"{i:03d}.dcm") for i in range(60)]
+    sources = spooled_files(folder, 60)
     scp = scp_factory("--fault-delay", "0.05")
     report = tmp_path / "report.json"
-    sender = subprocess.Popen(["pacs", "storescu", "-aec", "PACS", "127.0.0.1", str(scp.port), str(folder),
-                               "--retries", "30", "--retry-delay", "0.2", "--report", str(report)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while len([e for e in scp.event_lines() if e["event"] == "stored"]) < 15 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    sender = start_sender(scp, folder, report, "--retries", "30", "--retry-delay", "0.2")
+    wait_until_stored(scp, 15)
     scp.proc.kill()
     scp.proc.wait()
     (tmp_path / "ready").unlink()
