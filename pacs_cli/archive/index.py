@@ -603,9 +603,8 @@ class Writer:
         series_pk, new_series = self._upsert(SERIES, values, "study_pk", study_pk, now, known)
         new_instance = self._upsert_instance(values, file, series_pk, now, known_new)
         if new_instance and self._moves == moves:
-            if not _same_modality(values, known):
-                study_lists = None
-            self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series, study_lists)
+            self._count_addition(values, patient_pk, study_pk, series_pk, new_study, new_series,
+                                 study_lists if _same_modality(values, known) else None)
         else:
             self._series.add(series_pk)
             self._studies.add(study_pk)

@@ -1075,14 +1075,13 @@ def send_parallel(connection: Connection, shards: list[list[Item]], options: Sen
     readers, workers = [], []
     for number, items in enumerate(shards):
         reader, writer = context.Pipe(duplex=False)
-        if options.parallel == "thread":
-            worker = threading.Thread(target=_worker, args=(connection, items, options, writer, number, None, stop),
-                                      daemon=True)
-            worker.start()
-        else:
-            worker = context.Process(target=_worker, args=(connection, items, options, writer, number, level),
-                                     daemon=True)
-            worker.start()
+        in_thread = options.parallel == "thread"
+        worker = (threading.Thread(target=_worker, args=(connection, items, options, writer, number, None, stop),
+                                   daemon=True) if in_thread else
+                  context.Process(target=_worker, args=(connection, items, options, writer, number, level),
+                                  daemon=True))
+        worker.start()
+        if not in_thread:
             writer.close()  # the child's copy is the one left (later children never see it): its exit ends the pipe
         readers.append(reader)
         workers.append(worker)
