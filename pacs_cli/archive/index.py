@@ -315,7 +315,8 @@ class FileInfo:
 
 
 class Index:
-    """The SQLite index of one archive, safe to use from many threads (one connection each)."""
+    """The SQLite index of one archive, safe to use from many threads: one connection each to read,
+    one for the whole process to write (:meth:`write`)."""
 
     def __init__(self, path: Path, synchronous: str = "NORMAL"):
         if synchronous not in ("NORMAL", "FULL"):
@@ -328,6 +329,7 @@ class Index:
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
         self._writers = _WriterQueue(self.path)
+        self._writer: sqlite3.Connection | None = None  # opened by the first write
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "NORMAL") -> Index:
@@ -344,16 +346,19 @@ class Index:
         holder = getattr(self._local, "holder", None)
         if holder is None:
             if self._closed:
-                raise sqlite3.ProgrammingError(f"the index {self.path} is closed")
+                raise self._closed_error()
             holder = _ThreadConnection(self._connect())
             self._local.holder = holder
             with self._guard:
                 self._open.add(holder.conn)
         return holder.conn
 
+    def _closed_error(self) -> sqlite3.ProgrammingError:
+        return sqlite3.ProgrammingError(f"the index {self.path} is closed")
+
     def _connect(self) -> sqlite3.Connection:
-        # check_same_thread=False only so close() may close connections of finished threads;
-        # each connection is still used by one thread only.
+        # check_same_thread=False so close() may close connections of finished threads, and the
+        # writer serve every thread in turn; each connection is used by one thread at a time.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False, factory=_Connection)
         try:
@@ -390,6 +395,7 @@ class Index:
             self._checkpointer = None
         self._closed = True
         self._writers.close()
+        self._writer = None
         with self._guard:
             connections = list(self._open)
             self._open.clear()
@@ -427,8 +433,8 @@ class Index:
     def write(self) -> Iterator[Writer]:
         """One write transaction (BEGIN IMMEDIATE), after this index's writers before it (see
         :class:`_WriterQueue`); derived columns settled before COMMIT."""
-        conn = self.conn
         with self._writers.turn():
+            conn = self._writer_connection()
             conn.execute("BEGIN IMMEDIATE")
             writer = Writer(conn)
             try:
@@ -438,6 +444,23 @@ class Index:
             except BaseException:
                 _rollback(conn)
                 raise
+
+    def _writer_connection(self) -> sqlite3.Connection:
+        """The connection every write of this process goes through, one at a time (the writers' turn).
+
+        A connection's page cache is valid only until another connection commits: with a connection per
+        thread, two associations storing into one process re-read each other's pages before each
+        write (strace: 57,105 preads for 3,000 stores over two associations, none over one; receiver
+        CPU 1.28 against 0.88 ms per object). One writing connection keeps its cache across them.
+        """
+        if self._writer is None:
+            if self._closed:
+                raise self._closed_error()
+            conn = self._connect()
+            with self._guard:
+                self._open.add(conn)
+            self._writer = conn
+        return self._writer
 
     # -- reads ---------------------------------------------------------------------------
 
