@@ -20,7 +20,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from pacs_cli.archive import (
-    Archive, ArchiveUnavailable, DuplicateRejected, InvalidInstance, OutOfResources,
+    Archive, ArchiveUnavailable, DuplicateRejected, InvalidInstance, OutOfResources, StoreRequest,
 )
 from pacs_cli.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from test_archive_support import (
@@ -399,6 +399,44 @@ def test_a_full_index_is_out_of_resources_and_leaves_no_file(tmp_path, tiny_tmpf
 
         assert not staged.exists() and archived_files(archive.root) == []
         assert [p.name for p in archive.root.iterdir() if p.is_dir()] == [".incoming"]  # nor its directories
+        (tiny_tmpfs / "fill").unlink()
+        assert count(tiny_tmpfs / "index.sqlite", "instances") == 0
+
+
+def _requests(archive, datasets) -> list[StoreRequest]:
+    return [StoreRequest(str(stage(archive, ds)), "SCU", ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets]
+
+
+def test_several_stores_in_one_transaction_fail_one_by_one(archive):
+    """store_files: one COMMIT for the batch; a refused store (here the second copy of an instance under
+    --on-duplicate reject, and a dataset whose UID differs from its command's) leaves the others."""
+    first, again, other = dataset("1.2.9.1"), dataset("1.2.9.1"), dataset("1.2.9.2")
+    requests = _requests(archive, [first, again, other])
+    sent = [Path(r.staged).read_bytes() for r in requests]
+    mismatched = StoreRequest(str(stage(archive, dataset("1.2.9.3"))), "SCU", first.SOPClassUID, "1.2.9.4")
+
+    results = archive.store_files([*requests, mismatched])
+
+    assert [type(r).__name__ for r in results] == ["StoreOutcome", "DuplicateRejected", "StoreOutcome",
+                                                  "InvalidInstance"]
+    assert results[0].path.read_bytes() == sent[0] and results[2].path.read_bytes() == sent[2]
+    assert sorted(r["sop_instance_uid"] for r in rows(archive.db_path, "instances")) == ["1.2.9.1", "1.2.9.2"]
+    assert staging_leftovers(archive) == []
+    assert [r["number_of_study_related_instances"] for r in rows(archive.db_path, "studies")] == [2]
+
+
+def test_a_batch_whose_commit_fails_leaves_no_file(tmp_path, tiny_tmpfs):
+    """The COMMIT writes the batch's pages to the WAL: on a full disk it fails, and every file of the
+    batch, already renamed into place, is taken back out; each store gets the error."""
+    with Archive.open(tmp_path / "archive", db_path=tiny_tmpfs / "index.sqlite") as archive:
+        _fill(tiny_tmpfs, inodes=False)
+        requests = _requests(archive, [dataset(f"1.2.9.{n}", StudyDescription="x" * 60) for n in range(3)])
+
+        results = archive.store_files(requests)
+
+        assert [type(r) for r in results] == [OutOfResources] * 3
+        assert all("cannot update the index" in str(r) for r in results)
+        assert staging_leftovers(archive) == [] and archived_files(archive.root) == []
         (tiny_tmpfs / "fill").unlink()
         assert count(tiny_tmpfs / "index.sqlite", "instances") == 0
 

@@ -22,7 +22,7 @@ from pacs_cli.dimse.receive import (
     MalformedPDU, StagedStore, command_fields, discard_staged, file_meta, parse_response,
     parse_store_command, primitive_from_fields, split_pdvs,
 )
-from test_storescp import StoreSCP, make_file
+from test_storescp import StoreSCP, make_file, scp_factory  # noqa: F401 - a fixture
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -181,6 +181,11 @@ def associated(port: int) -> socket.socket:
 
 
 def store_status(sock: socket.socket) -> int:
+    return store_answer(sock)[1]
+
+
+def store_answer(sock: socket.socket) -> tuple[int, int]:
+    """(Message ID Being Responded To, Status) of the next C-STORE-RSP."""
     kind, body = read_pdu(sock)
     assert kind == 0x04, f"expected a P-DATA-TF with the C-STORE-RSP, got PDU type 0x{kind:02X}"
     fields = {}
@@ -190,7 +195,60 @@ def store_status(sock: socket.socket) -> int:
         _, element, length = struct.unpack_from("<HHL", command, offset)
         fields[element] = bytes(command[offset + 8:offset + 8 + length])
         offset += 8 + length
-    return struct.unpack("<H", fields[0x0900])[0]
+    return struct.unpack("<H", fields[0x0120])[0], struct.unpack("<H", fields[0x0900])[0]
+
+
+def whole_store(number: int, source: Path) -> bytes:
+    """A C-STORE-RQ and its dataset in one P-DATA-TF PDU, as pacs storescu sends a small file."""
+    uid, data = dataset_bytes(source)
+    return p_data(pdv(1, 3, store_command(sop_instance=uid, message_id=number)), pdv(1, 2, data))
+
+
+def test_requests_read_together_are_stored_together_and_answered_in_order(scp_factory, tmp_path):
+    """Several C-STOREs in one write (a peer with requests outstanding) are read at once and stored in
+    one index transaction; each is answered, in order, with its own status: the second copy of an
+    instance is refused as a duplicate and the others are kept."""
+    scp = scp_factory("--host", "127.0.0.1", "--on-duplicate", "reject")
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(3)]
+    sock = associated(scp.port)
+    sock.sendall(b"".join(whole_store(number, source)
+                          for number, source in enumerate([sources[0], sources[1], sources[0], sources[2]], 1)))
+    assert [store_answer(sock) for _ in range(4)] == [(1, 0x0000), (2, 0x0000), (3, 0x0111), (4, 0x0000)]
+    release(sock)
+    assert {dataset_bytes(path) for path in scp.files()} == {dataset_bytes(path) for path in sources}
+    assert len(scp.rows()) == 3
+    assert [line["event"] for line in scp.event_lines() if line["event"].startswith("store")] == [
+        "stored", "stored", "store-failed", "stored"]
+    assert scp.staging_leftovers() == []
+
+
+def test_stores_read_whole_are_answered_before_waiting_for_the_rest(scp, tmp_path):
+    """A peer that sends a whole C-STORE, then the command of a second and half of its dataset, and
+    waits: the first is stored and answered at once (nothing is held back while the receiver waits for
+    the network), the second once its dataset is complete."""
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(2)]
+    sock = associated(scp.port)
+    uid, data = dataset_bytes(sources[1])
+    second = p_data(pdv(1, 2, data))
+    sock.sendall(whole_store(1, sources[0]) + p_data(pdv(1, 3, store_command(sop_instance=uid, message_id=2)))
+                 + second[:len(second) // 2])
+    assert store_answer(sock) == (1, 0x0000)
+    assert len(scp.rows()) == 1
+    sock.sendall(second[len(second) // 2:])
+    assert store_answer(sock) == (2, 0x0000)
+    release(sock)
+    assert len(scp.rows()) == 2 and scp.staging_leftovers() == []
+
+
+def test_stores_read_together_with_a_release_are_answered_before_it(scp, tmp_path):
+    """Two C-STOREs and the A-RELEASE-RQ in one write: both answered, then the release."""
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(2)]
+    sock = associated(scp.port)
+    sock.sendall(whole_store(1, sources[0]) + whole_store(2, sources[1]) + struct.pack(">BBL", 0x05, 0, 4) + bytes(4))
+    assert [store_answer(sock) for _ in range(2)] == [(1, 0x0000), (2, 0x0000)]
+    assert read_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+    sock.close()
+    assert len(scp.rows()) == 2 and scp.staging_leftovers() == []
 
 
 def release(sock: socket.socket) -> None:

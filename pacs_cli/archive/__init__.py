@@ -19,12 +19,13 @@ from pacs_cli.archive.errors import (
 # matching rules and the index, need not load the store, its layout and the header reader.
 _LAZY = {
     **dict.fromkeys(["FLAT", "HIERARCHICAL", "parse_template", "safe_component"], "layout"),
-    **dict.fromkeys(["Archive", "DuplicatePolicy", "Problem", "Removal", "Repair", "StoreOutcome", "VerifyReport"],
+    **dict.fromkeys(["Archive", "DuplicatePolicy", "Problem", "Removal", "Repair", "StoreOutcome", "StoreRequest",
+                     "VerifyReport"],
                     "store"),
 }
 
 __all__ = [
-    "Archive", "DuplicatePolicy", "StoreOutcome", "Removal", "Repair", "Problem", "VerifyReport",
+    "Archive", "DuplicatePolicy", "StoreOutcome", "StoreRequest", "Removal", "Repair", "Problem", "VerifyReport",
     "errors", "ArchiveError", "ArchiveUnavailable", "DuplicateRejected", "InvalidInstance", "NotFound",
     "OutOfResources", "StoreError", "FLAT", "HIERARCHICAL", "parse_template", "safe_component",
 ]

@@ -602,6 +602,18 @@ class Writer:
     def instance(self, sop_instance_uid: str) -> dict | None:
         return _instance(self.conn, sop_instance_uid)
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """One part of the transaction that fails alone: undone (ROLLBACK TO) if it raises, the rest kept."""
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO part")
+            raise
+        finally:
+            self.conn.execute("RELEASE part")
+
     def level_of(self, uid: str) -> str | None:
         return _level_of(self.conn, uid)
 

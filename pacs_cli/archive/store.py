@@ -33,12 +33,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pydicom.uid import UID
 
 from pacs_cli.archive import errors
 from pacs_cli.archive.errors import (
-    ArchiveUnavailable, DuplicateRejected, InvalidInstance, NotFound, OutOfResources,
+    ArchiveError, ArchiveUnavailable, DuplicateRejected, InvalidInstance, NotFound, OutOfResources,
 )
 from pacs_cli.archive.header import Header, HeaderError, StagedHead, read_header
 from pacs_cli.archive.index import DB_NAME, FileInfo, Index, Writer
@@ -80,6 +81,28 @@ class StoreOutcome:
     series_uid: str
     patient_id: str
     transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """One staged file for :meth:`Archive.store_files`, with what :meth:`Archive.store_file` takes."""
+
+    staged: str
+    calling_aet: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    head: StagedHead | None = None
+
+
+class _Placed(NamedTuple):
+    """One store done inside a transaction, with what undoes it and what follows its COMMIT."""
+
+    outcome: StoreOutcome
+    final: str
+    moved: bool
+    backup: Path | None
+    created: list[str]
+    old_file: Path | None
 
 
 @dataclass(frozen=True)
@@ -254,10 +277,7 @@ class Archive:
         """
         staged = os.fspath(staged)
         try:
-            header = self._checked_header(staged, sop_class_uid, sop_instance_uid, head)
-            final = self._target(header)
-            if self.fsync:
-                self._io(lambda: _fsync(staged), header, f"cannot fsync {staged}")
+            header, final = self._prepare(staged, sop_class_uid, sop_instance_uid, head)
             with self._lock:
                 outcome = self._commit(staged, header, final, calling_aet)
         except BaseException:
@@ -267,6 +287,54 @@ class Archive:
             self.discard(staged)  # stored and replaced ones were renamed into place
         return outcome
 
+    def store_files(self, requests: list[StoreRequest]) -> list[StoreOutcome | ArchiveError]:
+        """:meth:`store_file` for several staged files in one index transaction: one COMMIT for all.
+
+        A receiver whose peer keeps several C-STOREs outstanding stores those it holds complete this
+        way; COMMIT was an eighth of its time per small object. Each store is a savepoint of the
+        transaction, so one refused leaves the others; if the COMMIT fails, every file of the batch
+        is taken back out and each gets the error. The outcomes, or each refusal's ArchiveError, in
+        order; every staged file is gone when this returns.
+        """
+        results: list = [None] * len(requests)
+        ready = []
+        for number, request in enumerate(requests):
+            try:
+                header, final = self._prepare(request.staged, request.sop_class_uid, request.sop_instance_uid,
+                                              request.head)
+            except ArchiveError as exc:
+                self.discard(request.staged)
+                results[number] = exc
+            else:
+                ready.append((number, request, header, final))
+        placed = []
+        try:
+            with self._lock, self.index.write() as tx:
+                for number, request, header, final in ready:
+                    try:
+                        with tx.savepoint():
+                            placed.append((number, request, self._place(tx, request.staged, header, final,
+                                                                        request.calling_aet)))
+                    except ArchiveError as exc:
+                        self.discard(request.staged)
+                        results[number] = exc
+        except BaseException as exc:  # the COMMIT, or a savepoint the database could not undo: none is kept
+            for _, _, done in placed:
+                self._undo(done.moved, done.final, done.backup, done.created)
+            for number, request, header, _ in ready:
+                self.discard(request.staged)
+                if results[number] is None:
+                    results[number] = OutOfResources(f"cannot update the index: {exc}", header.sop_instance_uid)
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            return results
+        for number, request, done in placed:
+            self._settle(done)
+            if done.outcome.kind == "ignored":
+                self.discard(request.staged)
+            results[number] = done.outcome
+        return results
+
     def discard(self, staged: Path | str) -> None:
         """Remove a staged file (after an abort, or whatever store_file did not keep)."""
         try:
@@ -275,6 +343,15 @@ class Archive:
             pass
         except OSError as exc:
             log.warning("cannot remove staged file %s: %s", staged, _why(exc))
+
+    def _prepare(self, staged: str, sop_class_uid: str, sop_instance_uid: str,
+                 head: StagedHead | None) -> tuple[Header, str]:
+        """The checks outside the lock: the header against the command, the final path; fsync if asked."""
+        header = self._checked_header(staged, sop_class_uid, sop_instance_uid, head)
+        final = self._target(header)
+        if self.fsync:
+            self._io(lambda: _fsync(staged), header, f"cannot fsync {staged}")
+        return header, final
 
     def _checked_header(self, staged: str, sop_class_uid: str, sop_instance_uid: str,
                         head: StagedHead | None) -> Header:
@@ -307,46 +384,64 @@ class Archive:
         return final
 
     def _commit(self, staged: str, header: Header, final: str, calling_aet: str) -> StoreOutcome:
-        """The serialised section: duplicate check, rename and index rows, all or nothing."""
+        """The serialised section of one store: its own transaction, all or nothing."""
+        done = None
+        try:
+            with self.index.write() as tx:
+                done = self._place(tx, staged, header, final, calling_aet)
+        except sqlite3.Error as exc:  # the COMMIT: _place undid its own steps before any other error
+            if done is not None:
+                self._undo(done.moved, done.final, done.backup, done.created)
+            raise OutOfResources(f"cannot update the index: {exc}", header.sop_instance_uid) from None
+        self._settle(done)
+        return done.outcome
+
+    def _place(self, tx: Writer, staged: str, header: Header, final: str, calling_aet: str) -> _Placed:
+        """Duplicate check, rename and index rows inside ``tx``; if one fails, the file system is put
+        back as it was before it (the caller rolls the rows back)."""
         uid = header.sop_instance_uid
         moved = False
         backup = None
         old_file = None
         created: list[str] = []
         try:
-            with self.index.write() as tx:
-                existing = tx.instance(uid)
-                kind = self._decide(existing, uid)
-                if kind == "ignored":
-                    return self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
-                parents = self._io(lambda: self.layout.make_parents(final), header,
-                                   f"cannot create the directories of {final}")
-                created = parents.created
-                key = parents.key or self.key_for(final)
-                owner = tx.owner_of_path(key)
-                if owner is not None and owner != uid:
-                    raise InvalidInstance(f"path {key} already holds SOP Instance {owner}", uid)
-                backup = self._io(lambda: self._backup(final), header, f"cannot preserve {key}")
-                self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
-                moved = True
-                if self.fsync:  # the new name, and every directory created for it, in its parent
-                    for directory in map(os.path.dirname, [final, *created]):
-                        self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
-                st = self._io(lambda: os.stat(final), header, f"cannot stat {key}")
-                tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"),
-                       known_new=existing is None)
-                if existing is not None and existing["path"] != key:
-                    old_file = self.path_for(existing["path"])
+            existing = tx.instance(uid)
+            kind = self._decide(existing, uid)
+            if kind == "ignored":
+                outcome = self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
+                return _Placed(outcome, final, False, None, [], None)
+            parents = self._io(lambda: self.layout.make_parents(final), header,
+                               f"cannot create the directories of {final}")
+            created = parents.created
+            key = parents.key or self.key_for(final)
+            owner = tx.owner_of_path(key)
+            if owner is not None and owner != uid:
+                raise InvalidInstance(f"path {key} already holds SOP Instance {owner}", uid)
+            backup = self._io(lambda: self._backup(final), header, f"cannot preserve {key}")
+            self._io(lambda: os.replace(staged, final), header, f"cannot move the file into {key}")
+            moved = True
+            if self.fsync:  # the new name, and every directory created for it, in its parent
+                for directory in map(os.path.dirname, [final, *created]):
+                    self._io(lambda: _fsync(directory), header, f"cannot fsync {directory}")
+            st = self._io(lambda: os.stat(final), header, f"cannot stat {key}")
+            tx.put(header.values, FileInfo(key, st.st_size, st.st_mtime_ns, calling_aet, "store"),
+                   known_new=existing is None)
+            if existing is not None and existing["path"] != key:
+                old_file = self.path_for(existing["path"])
         except sqlite3.Error as exc:
             self._undo(moved, final, backup, created)
             raise OutOfResources(f"cannot update the index: {exc}", uid) from None
         except BaseException:
             self._undo(moved, final, backup, created)
             raise
-        self._forget(backup)
-        if old_file is not None and is_inside(self.layout.root, os.path.realpath(old_file)):
-            self._forget(old_file)  # the replaced copy lived elsewhere in the archive
-        return self._outcome("stored" if existing is None else "replaced", Path(final), st.st_size, header)
+        outcome = self._outcome("stored" if existing is None else "replaced", Path(final), st.st_size, header)
+        return _Placed(outcome, final, True, backup, created, old_file)
+
+    def _settle(self, done: _Placed) -> None:
+        """After the COMMIT: the replaced copy's backup, and the replaced file if it lived elsewhere."""
+        self._forget(done.backup)
+        if done.old_file is not None and is_inside(self.layout.root, os.path.realpath(done.old_file)):
+            self._forget(done.old_file)
 
     def _decide(self, existing: dict | None, uid: str) -> str:
         """'stored', 'replaced' or 'ignored' by policy; a row whose file vanished is simply replaced."""

@@ -187,6 +187,11 @@ class PollReadySocket(AssociationSocket):
         except (OSError, ValueError, AttributeError):
             return 0
 
+    def next_pdata_whole(self) -> bool:
+        """True when the next PDU is a P-DATA-TF read ahead whole: taking it cannot wait for the peer."""
+        ahead = self._ahead
+        return len(ahead) >= 6 and ahead[0] == 0x04 and len(ahead) - 6 >= _PDU_HEADER.unpack_from(ahead)[2]
+
     @property
     def read_ahead(self) -> bool:
         """True when bytes of the next PDU were read already: nothing to wait for."""
@@ -274,7 +279,10 @@ class EventDrivenDUL(DULServiceProvider):
             self._run_until_killed()
         finally:
             self._wakeup.close()
-            receive.discard_staged(getattr(self.assoc.dimse.message, "_data_set_file", None))
+            dimse = self.assoc.dimse
+            receive.discard_staged(getattr(dimse.message, "_data_set_file", None))
+            for request in getattr(dimse, "unserved", list)():
+                receive.discard_staged(request._dataset_file)
             self.assoc._wake.set()
 
     def _run_until_killed(self) -> None:
@@ -361,7 +369,10 @@ class EventDrivenDUL(DULServiceProvider):
         stays in Sta6, so :mod:`~pacs_cli.dimse.receive` takes them from the receive buffer. Other
         PDUs, other states, or handlers bound to PDU events go pynetdicom's way, as do the errors
         (Evt17 for a connection lost mid-PDU, Evt19 for a PDU that cannot be decoded).
+        Staged C-STOREs waiting to be stored together are served first unless this PDU, a P-DATA-TF,
+        was read whole already (:meth:`receive.StagingDIMSE.serve_ready`).
         """
+        self._serve_ready_unless_whole()
         try:
             header = self.socket.recv(6)
         except (OSError, TimeoutError) as exc:
@@ -397,6 +408,11 @@ class EventDrivenDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def _serve_ready_unless_whole(self) -> None:
+        dimse = self.assoc.dimse
+        if getattr(dimse, "_ready", None) and not self.socket.next_pdata_whole():
+            dimse.serve_ready()
 
     def _takes_pdata_directly(self) -> bool:
         assoc = self.assoc
@@ -447,6 +463,9 @@ class EventDrivenDUL(DULServiceProvider):
         """Block until the peer sends, a primitive is queued, or the ARTIM timer runs out."""
         if self.socket is not None and self.socket.read_ahead:
             return  # the next PDU has come already
+        if getattr(self.assoc.dimse, "_ready", None):
+            self.assoc.dimse.serve_ready()  # nothing waits for a peer while stores wait for their answers
+            return
         poller = select.poll()
         poller.register(self._wakeup, select.POLLIN)
         peer = self.socket.socket if self.socket is not None else None

@@ -349,6 +349,7 @@ class StagingDIMSE(FastResponseDIMSE):
             elif message is None and pdv[0] & (COMMAND | LAST) == COMMAND | LAST and self._take_command(context_id, pdv):
                 continue
             else:
+                self.serve_ready()  # answered before whatever pynetdicom makes of this
                 primitive = P_DATA()
                 primitive.presentation_data_value_list.append((context_id, bytes(pdv)))
                 self.receive_primitive(primitive)
@@ -373,7 +374,9 @@ class StagingDIMSE(FastResponseDIMSE):
             self.message = BufferedResponse(template)
             return True
         fields = command_fields(command)
-        if store_request(fields) is not None:
+        if store_request(fields) is None:
+            self.serve_ready()  # another kind of message: the stores before it are answered first
+        else:
             self.message = StagedStore(fields, context_id, context.transfer_syntax[0],
                                        _config.STORE_RECV_CHUNKED_DATASET)
             return True
@@ -438,16 +441,72 @@ class StagingDIMSE(FastResponseDIMSE):
         association established only after the A-ASSOCIATE-AC went out, and a peer quick to send
         had its request stored here and never answered (``serve_staged`` answers only on an
         established association; the fuzz battery caught it), or logged before the association.
+
+        Several such requests already read whole (the peer keeps them outstanding, PS3.7 D.3.3.3) are
+        stored together, in one index transaction (:func:`serve_batch`): a request waits in
+        ``_ready`` while the next PDU is a P-DATA-TF already read whole, so that no wait for the
+        network holds them, and :meth:`serve_ready` serves them before this thread does anything
+        else (reads a PDU it does not hold whole, waits, takes another message).
         """
         assoc = self.assoc
-        queued = self.msg_queue.queue  # read without the queue's lock: only this thread puts
-        if not (assoc._reacting and not queued and assoc._reactor_checkpoint.is_set()
-                and assoc._turn.acquire(blocking=False)):
+        if not self._may_serve_here():
+            self._queue_ready()
             return False
         try:
-            return not queued and serve_staged(assoc, primitive, primitive._context_id)
+            if self.msg_queue.queue:  # put there before the turn was ours
+                self._queue_ready()
+                return False
+            if _batch_form(assoc, primitive) is None:
+                self._serve_ready_now()
+                return serve_staged(assoc, primitive, primitive._context_id)
+            self._ready.append(primitive)
+            if len(self._ready) < MAX_BATCH and self.dul.socket.next_pdata_whole():
+                return True
+            self._serve_ready_now()
+            return True
         finally:
             assoc._turn.release()
+
+    def _may_serve_here(self) -> bool:
+        """Whether the association's thread serves messages, is not paused, has nothing queued, and its
+        turn is now this thread's (the caller releases it)."""
+        assoc = self.assoc
+        return (assoc._reacting and not self.msg_queue.queue and assoc._reactor_checkpoint.is_set()
+                and assoc._turn.acquire(blocking=False))
+
+    def serve_ready(self) -> None:
+        """Serve the requests waiting in ``_ready``, here if the turn is free, else in the association's
+        thread, in order either way."""
+        if not self._ready:
+            return
+        if not self._may_serve_here():
+            self._queue_ready()
+            return
+        try:
+            if self.msg_queue.queue:
+                self._queue_ready()
+            else:
+                self._serve_ready_now()
+        finally:
+            self.assoc._turn.release()
+
+    def _serve_ready_now(self) -> None:
+        ready, self._ready = self._ready, []
+        if ready:
+            serve_batch(self.assoc, ready)
+
+    def _queue_ready(self) -> None:
+        ready, self._ready = self._ready, []
+        for primitive in ready:
+            self.msg_queue.put((primitive._context_id, primitive))
+
+    def unserved(self) -> list[C_STORE]:
+        """The requests still waiting in ``_ready``, taken (the association ended before they were served)."""
+        ready, self._ready = self._ready, []
+        return ready
+
+
+MAX_BATCH = 16  # staged C-STOREs stored in one index transaction at most (pacs storescp grants a window of 16)
 
 
 def discard_staged(handle) -> None:
@@ -475,18 +534,14 @@ def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
     against a dataset of its own, which measured as much as the archive's work per small object:
     the handler bound to EVT_C_STORE runs with a non-blocking ``abort``, an exception answers
     0xC211, and a plain status is answered as bytes (``FastResponseDIMSE.send_store_response``).
-    Anything else (an error comment, a release under way, an extended negotiation that maps the
-    SOP class elsewhere) is pynetdicom's.
+    Anything else is pynetdicom's (:func:`_servable`).
     """
-    context = assoc._accepted_cx.get(context_id)
-    handlers = assoc.get_handlers(evt.EVT_C_STORE)
-    if (assoc._sent_release or context is None or not handlers or handlers[0] is None
-            or assoc.acceptor.accepted_common_extended
-            or uid_to_service_class(req.AffectedSOPClassUID) is not StorageServiceClass):
+    found = _servable(assoc, req, context_id)
+    if found is None:
         return False
+    context, (handler, args) = found
     assoc.dimse.cancel_req = {}
     event = evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
-    handler, args = handlers
     assoc.abort = assoc._abort_nonblocking  # the handler runs in the thread a blocking abort waits on
     try:
         status = handler(event, *(args or ()))  # args: None when bound without any
@@ -500,6 +555,56 @@ def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
     if assoc.is_established:
         _answer(assoc, req, context_id, status)
     return True
+
+
+def _servable(assoc, req: C_STORE, context_id: int):
+    """(presentation context, (handler, args)) of a staged request :func:`serve_staged` may serve,
+    or None: an error comment, a release under way, an extended negotiation that maps the SOP class
+    elsewhere are pynetdicom's."""
+    context = assoc._accepted_cx.get(context_id)
+    handlers = assoc.get_handlers(evt.EVT_C_STORE)
+    if (assoc._sent_release or context is None or not handlers or handlers[0] is None
+            or assoc.acceptor.accepted_common_extended
+            or uid_to_service_class(req.AffectedSOPClassUID) is not StorageServiceClass):
+        return None
+    return context, handlers
+
+
+def _batch_form(assoc, req: C_STORE):
+    """The handler's form for several requests at once (a ``batch_form(args)`` it offers), or None."""
+    found = _servable(assoc, req, req._context_id)
+    if found is None:
+        return None
+    _, (handler, args) = found
+    offer = getattr(handler, "batch_form", None)
+    return offer(args) if offer is not None else None
+
+
+def serve_batch(assoc, requests: list[C_STORE]) -> None:
+    """:func:`serve_staged` for requests whose handler stores several at once (:func:`_batch_form`):
+    one call for all, then their answers, in order. One request alone is served as ever."""
+    if len(requests) == 1:
+        serve_staged(assoc, requests[0], requests[0]._context_id)
+        return
+    handler, args = assoc.get_handlers(evt.EVT_C_STORE)
+    several = handler.batch_form(args)
+    assoc.dimse.cancel_req = {}
+    events = [evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": assoc._accepted_cx[req._context_id].as_tuple})
+              for req in requests]
+    assoc.abort = assoc._abort_nonblocking
+    try:
+        statuses = several(events, *args)
+    except Exception as exc:  # noqa: BLE001 - pynetdicom's rule: a handler's exception is 0xC211
+        LOGGER.error("Exception in handler bound to 'evt.EVT_C_STORE'")
+        LOGGER.exception(exc)
+        statuses = [HANDLER_FAILED] * len(requests)
+    finally:
+        assoc.abort = assoc._abort_blocking
+        for req in requests:
+            discard_staged(req._dataset_file)
+    if assoc.is_established:
+        for req, status in zip(requests, statuses):
+            _answer(assoc, req, req._context_id, status)
 
 
 def _answer(assoc, req: C_STORE, context_id: int, status) -> None:
@@ -528,3 +633,4 @@ def _plain_status(status) -> int | None:
 def install(assoc) -> None:
     assoc.dimse.__class__ = StagingDIMSE
     assoc.dimse._templates = {}
+    assoc.dimse._ready = []

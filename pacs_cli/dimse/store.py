@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pynetdicom import evt
 from pynetdicom.presentation import AllStoragePresentationContexts, build_context
 
-from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources
+from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources, StoreRequest
 from pacs_cli.audit import SERIOUS_FAILURE, AuditLog
 from pacs_cli.dimse.server import Stats
 from pacs_cli.dimse.status import status_dataset
@@ -79,7 +79,41 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         stats.add(failed=int(faults.status != SUCCESS))
         return status_dataset(faults.status, "fault injection (--fault-status)")
     head = getattr(request, "_pacs_head", None)  # the staged file's first bytes (dimse/receive.py)
-    code, comment, outcome = _store(archive, event.dataset_path, calling, sop_class, sop_uid, head)
+    return _after_store(event, _store(archive, event.dataset_path, calling, sop_class, sop_uid, head),
+                   stats, events, runner, audit)
+
+
+def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
+                  faults: Faults, audit: AuditLog) -> list:
+    """:func:`handle_store` for several EVT_C_STORE events of one association at once: their files
+    stored in one index transaction (:meth:`Archive.store_files`), then each one's events, hooks and
+    status, in order, all after the COMMIT. Only without fault injection (:func:`_batch_form`)."""
+    requests = []
+    for event in batch:
+        event.assoc.pacs_received = getattr(event.assoc, "pacs_received", 0) + 1
+        request = event.request
+        requests.append(StoreRequest(event.dataset_path, event.assoc.requestor.ae_title,
+                                     str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                                     getattr(request, "_pacs_head", None)))
+    return [_after_store(event, _result(outcome), stats, events, runner, audit)
+            for event, outcome in zip(batch, archive.store_files(requests))]
+
+
+def _batch_form(args):
+    """:func:`handle_stores` for :func:`handle_store` bound with ``args``, or None: injected faults
+    act on each object as it comes."""
+    return handle_stores if args is not None and args[4] == Faults() else None
+
+
+handle_store.batch_form = _batch_form  # how dimse.receive finds that this handler stores several at once
+
+
+def _after_store(event, result, stats: Stats, events: EventLog, runner: CommandRunner, audit: AuditLog):
+    """What follows a store: counts, log, event line, audit record, hook; the status to answer with."""
+    code, comment, outcome = result
+    assoc, request = event.assoc, event.request
+    calling = assoc.requestor.ae_title
+    sop_class, sop_uid = str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
     fields = dict(calling_aet=calling, sop_class_uid=sop_class, sop_instance_uid=sop_uid, status=f"0x{code:04X}")
     address = assoc.requestor.address_info.address
     if outcome is None:
@@ -103,26 +137,35 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
 def _store(archive: Archive, staged: str, calling: str, sop_class: str, sop_uid: str, head):
     """(status, comment, outcome): the archive's typed errors mapped onto PS3.4 statuses."""
     try:
-        return SUCCESS, None, archive.store_file(staged, calling, sop_class, sop_uid, head)
-    except DuplicateRejected as exc:
-        return DUPLICATE, str(exc), None
-    except InvalidInstance as exc:
-        return CANNOT_UNDERSTAND, str(exc), None
-    except OutOfResources as exc:
-        return OUT_OF_RESOURCES, str(exc), None
+        return _result(archive.store_file(staged, calling, sop_class, sop_uid, head))
     except Exception as exc:  # noqa: BLE001 - a handler answers, it never raises
-        log.debug("unexpected error storing %s", sop_uid, exc_info=exc)
-        return OUT_OF_RESOURCES, f"unexpected {type(exc).__name__}", None
+        return _result(exc)
+
+
+def _result(outcome) -> tuple:
+    """(status, comment, outcome) of a store's outcome, or of the exception it ended with."""
+    if not isinstance(outcome, Exception):
+        return SUCCESS, None, outcome
+    if isinstance(outcome, DuplicateRejected):
+        return DUPLICATE, str(outcome), None
+    if isinstance(outcome, InvalidInstance):
+        return CANNOT_UNDERSTAND, str(outcome), None
+    if isinstance(outcome, OutOfResources):
+        return OUT_OF_RESOURCES, str(outcome), None
+    log.debug("unexpected error storing", exc_info=outcome)
+    return OUT_OF_RESOURCES, f"unexpected {type(outcome).__name__}", None
 
 
 def discard_partial(event, archive: Archive, stats: Stats, events: EventLog) -> None:
     """EVT_CONN_CLOSE: remove what an aborted association left in staging.
 
     That is the C-STORE being received (pynetdicom keeps it in ``dimse.message``) and any
-    complete C-STORE still queued for a handler that will never run.
+    complete C-STORE still queued for a handler that will never run, or waiting to be stored with
+    the next ones (``dimse.unserved``).
     """
     dimse = event.assoc.dimse
     partial = [getattr(dimse.message, "_data_set_file", None)]
+    partial += [request._dataset_file for request in getattr(dimse, "unserved", list)()]
     while not dimse.msg_queue.empty():
         _, request = dimse.msg_queue.get_nowait()
         partial.append(getattr(request, "_dataset_file", None))
