@@ -281,7 +281,7 @@ class EventDrivenDUL(DULServiceProvider):
             self._wakeup.close()
             dimse = self.assoc.dimse
             receive.discard_staged(getattr(dimse.message, "_data_set_file", None))
-            for request in getattr(dimse, "unserved", list)():
+            for request in dimse.unserved():
                 receive.discard_staged(request._dataset_file)
             self.assoc._wake.set()
 
@@ -411,7 +411,7 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _serve_ready_unless_whole(self) -> None:
         dimse = self.assoc.dimse
-        if getattr(dimse, "_ready", None) and not self.socket.next_pdata_whole():
+        if dimse._ready and not self.socket.next_pdata_whole():
             dimse.serve_ready()
 
     def _takes_pdata_directly(self) -> bool:
@@ -463,7 +463,7 @@ class EventDrivenDUL(DULServiceProvider):
         """Block until the peer sends, a primitive is queued, or the ARTIM timer runs out."""
         if self.socket is not None and self.socket.read_ahead:
             return  # the next PDU has come already
-        if getattr(self.assoc.dimse, "_ready", None):
+        if self.assoc.dimse._ready:
             self.assoc.dimse.serve_ready()  # nothing waits for a peer while stores wait for their answers
             return
         poller = select.poll()

@@ -540,21 +540,32 @@ def serve_staged(assoc, req: C_STORE, context_id: int) -> bool:
     if found is None:
         return False
     context, (handler, args) = found
-    assoc.dimse.cancel_req = {}
     event = evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})
-    assoc.abort = assoc._abort_nonblocking  # the handler runs in the thread a blocking abort waits on
+    _handle_and_answer(assoc, [(req, context_id)], lambda: [handler(event, *(args or ()))])  # args: None if unbound
+    return True
+
+
+def _handle_and_answer(assoc, requests: list[tuple[C_STORE, int]], handle) -> None:
+    """Run ``handle`` (the statuses of ``requests``, in order) as pynetdicom runs a handler, then answer.
+
+    The handler runs with a non-blocking ``abort`` (it runs in the thread a blocking abort waits
+    on); an exception answers every request 0xC211; the staged files no handler took are removed.
+    """
+    assoc.dimse.cancel_req = {}
+    assoc.abort = assoc._abort_nonblocking
     try:
-        status = handler(event, *(args or ()))  # args: None when bound without any
+        statuses = handle()
     except Exception as exc:  # noqa: BLE001 - pynetdicom's rule: a handler's exception is 0xC211
         LOGGER.error("Exception in handler bound to 'evt.EVT_C_STORE'")
         LOGGER.exception(exc)
-        status = HANDLER_FAILED
+        statuses = [HANDLER_FAILED] * len(requests)
     finally:
         assoc.abort = assoc._abort_blocking
-        discard_staged(req._dataset_file)
+        for req, _ in requests:
+            discard_staged(req._dataset_file)
     if assoc.is_established:
-        _answer(assoc, req, context_id, status)
-    return True
+        for (req, context_id), status in zip(requests, statuses):
+            _answer(assoc, req, context_id, status)
 
 
 def _servable(assoc, req: C_STORE, context_id: int):
@@ -588,23 +599,10 @@ def serve_batch(assoc, requests: list[C_STORE]) -> None:
         return
     handler, args = assoc.get_handlers(evt.EVT_C_STORE)
     several = handler.batch_form(args)
-    assoc.dimse.cancel_req = {}
-    events = [evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": assoc._accepted_cx[req._context_id].as_tuple})
+    contexts = assoc._accepted_cx
+    events = [evt.Event(assoc, evt.EVT_C_STORE, {"request": req, "context": contexts[req._context_id].as_tuple})
               for req in requests]
-    assoc.abort = assoc._abort_nonblocking
-    try:
-        statuses = several(events, *args)
-    except Exception as exc:  # noqa: BLE001 - pynetdicom's rule: a handler's exception is 0xC211
-        LOGGER.error("Exception in handler bound to 'evt.EVT_C_STORE'")
-        LOGGER.exception(exc)
-        statuses = [HANDLER_FAILED] * len(requests)
-    finally:
-        assoc.abort = assoc._abort_blocking
-        for req in requests:
-            discard_staged(req._dataset_file)
-    if assoc.is_established:
-        for req, status in zip(requests, statuses):
-            _answer(assoc, req, req._context_id, status)
+    _handle_and_answer(assoc, [(req, req._context_id) for req in requests], lambda: several(events, *args))
 
 
 def _answer(assoc, req: C_STORE, context_id: int, status) -> None:

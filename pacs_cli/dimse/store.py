@@ -80,7 +80,7 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         return status_dataset(faults.status, "fault injection (--fault-status)")
     head = getattr(request, "_pacs_head", None)  # the staged file's first bytes (dimse/receive.py)
     return _after_store(event, _store(archive, event.dataset_path, calling, sop_class, sop_uid, head),
-                   stats, events, runner, audit)
+                        stats, events, runner, audit)
 
 
 def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
@@ -143,7 +143,8 @@ def _store(archive: Archive, staged: str, calling: str, sop_class: str, sop_uid:
 
 
 def _result(outcome) -> tuple:
-    """(status, comment, outcome) of a store's outcome, or of the exception it ended with."""
+    """(status, comment, outcome) of a store's outcome, or of the exception it ended with (logged at
+    debug level when the archive did not expect it)."""
     if not isinstance(outcome, Exception):
         return SUCCESS, None, outcome
     if isinstance(outcome, DuplicateRejected):
