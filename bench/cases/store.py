@@ -12,7 +12,8 @@ same files in the same bench run.
 
 Every run starts with the page cache written back (``sync``) and no files deleted since the bench began:
 received files are set aside until its end (:meth:`Context.set_aside`), for deleting thousands of files
-made every receiver that followed pay for it (the report says when the disk was too small for that).
+made every receiver that followed pay for it (the report says when the disk was too small for that), and
+dropped from the page cache, which they filled half way through the CT case (``release_page_cache``).
 """
 
 from __future__ import annotations
