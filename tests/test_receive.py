@@ -222,6 +222,18 @@ def test_requests_read_together_are_stored_together_and_answered_in_order(scp_fa
     assert scp.staging_leftovers() == []
 
 
+def test_stores_read_together_and_kept_are_answered_together_in_order(scp, tmp_path):
+    """Stores read together that all succeed are answered in one write (the path where nothing needs
+    pynetdicom's response): each answer its own PDU, with its request's message ID, in order."""
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(4)]
+    sock = associated(scp.port)
+    sock.sendall(b"".join(whole_store(number, source) for number, source in enumerate(sources, 11)))
+    assert [store_answer(sock) for _ in sources] == [(11, 0x0000), (12, 0x0000), (13, 0x0000), (14, 0x0000)]
+    release(sock)
+    assert {dataset_bytes(path) for path in scp.files()} == {dataset_bytes(path) for path in sources}
+    assert len(scp.rows()) == 4 and scp.staging_leftovers() == []
+
+
 def test_stores_read_whole_are_answered_before_waiting_for_the_rest(scp, tmp_path):
     """A peer that sends a whole C-STORE, then the command of a second and half of its dataset, and
     waits: the first is stored and answered at once (nothing is held back while the receiver waits for

@@ -564,8 +564,18 @@ def _handle_and_answer(assoc, requests: list[tuple[C_STORE, int]], handle) -> No
         for req, _ in requests:
             discard_staged(req._dataset_file)
     if assoc.is_established:
-        for (req, context_id), status in zip(requests, statuses):
-            _answer(assoc, req, context_id, status)
+        _answer_all(assoc, requests, statuses)
+
+
+def _answer_all(assoc, requests: list[tuple[C_STORE, int]], statuses: list) -> None:
+    """Answer each request, in order: several plain statuses in one write."""
+    codes = [_plain_status(status) for status in statuses]
+    if len(requests) > 1 and None not in codes and assoc.dimse.send_store_responses(
+            [(context_id, req.AffectedSOPClassUID, req.MessageID, code, req.AffectedSOPInstanceUID)
+             for (req, context_id), code in zip(requests, codes)]):
+        return
+    for (req, context_id), status in zip(requests, statuses):
+        _answer(assoc, req, context_id, status)
 
 
 def _servable(assoc, req: C_STORE, context_id: int):

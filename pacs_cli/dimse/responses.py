@@ -182,16 +182,35 @@ class FastResponseDIMSE(DIMSEServiceProvider):
         return self.send_command(context_id, c_store_rsp_command(sop_class_uid, message_id, status,
                                                                  sop_instance_uid))
 
+    def send_store_responses(self, answers: list[tuple]) -> bool:
+        """:meth:`send_store_response` for several (context ID, SOP Class UID, message ID, status, SOP
+        Instance UID), one PDU each, written together; False (nothing sent) when one must go
+        pynetdicom's way.
+
+        The stores a receiver took in one transaction were answered a system call each, and over
+        loopback each write also ran the peer's side of TCP and woke it: a tenth of the receiver's
+        time per small object.
+        """
+        commands = [(context_id, c_store_rsp_command(sop_class_uid, message_id, status, sop_instance_uid))
+                    for context_id, sop_class_uid, message_id, status, sop_instance_uid in answers]
+        if not all(self._sends_as_bytes(command) for _, command in commands):
+            return False
+        requests.send_pdus(self.dul, [[(context_id, LAST_COMMAND_FRAGMENT + command)] for context_id, command in commands])
+        return True
+
     def send_command(self, context_id: int, command: bytes) -> bool:
         """Send a message of an encoded command set alone; False (nothing sent) at -vv or when the
         command does not fit one PDU, as above."""
-        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            return False
-        limit = self.maximum_pdu_size
-        if limit and len(command) > limit - 6:  # pynetdicom's one-fragment rule
+        if not self._sends_as_bytes(command):
             return False
         requests.send_pdata(self.dul, [(context_id, LAST_COMMAND_FRAGMENT + command)])
         return True
+
+    def _sends_as_bytes(self, command: bytes) -> bool:
+        """Not at -vv (DIMSE logging needs pynetdicom's message object), and only a command that fits one
+        PDU (pynetdicom's one-fragment rule)."""
+        limit = self.maximum_pdu_size
+        return not self.assoc.get_handlers(evt.EVT_DIMSE_SENT) and not (limit and len(command) > limit - 6)
 
 
 def message_pdus(context_id: int, command: bytes, dataset: bytes, limit: int) -> list[list[tuple[int, bytes]]]:
