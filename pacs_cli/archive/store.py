@@ -99,10 +99,14 @@ class _Placed(NamedTuple):
 
     outcome: StoreOutcome
     final: str
-    moved: bool
     backup: Path | None
     created: list[str]
     old_file: Path | None
+
+    @property
+    def moved(self) -> bool:
+        """The staged file was renamed into place (an ignored duplicate is left where it was)."""
+        return self.outcome.kind != "ignored"
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,7 @@ class Archive:
                         results[number] = exc
         except BaseException as exc:  # the COMMIT, or a savepoint the database could not undo: none is kept
             for _, _, done in placed:
-                self._undo(done.moved, done.final, done.backup, done.created)
+                self._take_back(done)
             for number, request, header, _ in ready:
                 self.discard(request.staged)
                 if results[number] is None:
@@ -391,7 +395,7 @@ class Archive:
                 done = self._place(tx, staged, header, final, calling_aet)
         except sqlite3.Error as exc:  # the COMMIT: _place undid its own steps before any other error
             if done is not None:
-                self._undo(done.moved, done.final, done.backup, done.created)
+                self._take_back(done)
             raise OutOfResources(f"cannot update the index: {exc}", header.sop_instance_uid) from None
         self._settle(done)
         return done.outcome
@@ -409,7 +413,7 @@ class Archive:
             kind = self._decide(existing, uid)
             if kind == "ignored":
                 outcome = self._outcome("ignored", self.path_for(existing["path"]), existing["size"], header)
-                return _Placed(outcome, final, False, None, [], None)
+                return _Placed(outcome, final, None, [], None)
             parents = self._io(lambda: self.layout.make_parents(final), header,
                                f"cannot create the directories of {final}")
             created = parents.created
@@ -435,7 +439,11 @@ class Archive:
             self._undo(moved, final, backup, created)
             raise
         outcome = self._outcome("stored" if existing is None else "replaced", Path(final), st.st_size, header)
-        return _Placed(outcome, final, True, backup, created, old_file)
+        return _Placed(outcome, final, backup, created, old_file)
+
+    def _take_back(self, done: _Placed) -> None:
+        """Undo a store whose transaction did not commit."""
+        self._undo(done.moved, done.final, done.backup, done.created)
 
     def _settle(self, done: _Placed) -> None:
         """After the COMMIT: the replaced copy's backup, and the replaced file if it lived elsewhere."""

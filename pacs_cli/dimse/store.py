@@ -90,7 +90,6 @@ def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog,
     status, in order, all after the COMMIT. Only without fault injection (:func:`_batch_form`)."""
     requests = []
     for event in batch:
-        event.assoc.pacs_received = getattr(event.assoc, "pacs_received", 0) + 1
         request = event.request
         requests.append(StoreRequest(event.dataset_path, event.assoc.requestor.ae_title,
                                      str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
