@@ -234,6 +234,34 @@ def test_stores_read_together_and_kept_are_answered_together_in_order(scp, tmp_p
     assert len(scp.rows()) == 4 and scp.staging_leftovers() == []
 
 
+def open_archive_files(pid: int, archive: Path) -> list[str]:
+    """The DICOM files under ``archive`` that process ``pid`` holds open."""
+    names = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if target.startswith(str(archive)) and target.endswith(".dcm"):
+            names.append(target)
+    return names
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list a process's open files")
+def test_no_received_file_stays_open_once_answered(scp, tmp_path):
+    """Each stored file is closed by the time its answer goes out, stored alone or with others read
+    together, so a long association never piles up open files."""
+    sources = [make_file(tmp_path / f"{i}.dcm") for i in range(4)]
+    sock = associated(scp.port)
+    sock.sendall(whole_store(1, sources[0]))
+    assert store_answer(sock) == (1, 0x0000)
+    sock.sendall(b"".join(whole_store(number, source) for number, source in enumerate(sources[1:], 2)))
+    assert [store_answer(sock) for _ in sources[1:]] == [(2, 0x0000), (3, 0x0000), (4, 0x0000)]
+    assert open_archive_files(scp.proc.pid, scp.archive) == []
+    release(sock)
+    assert len(scp.rows()) == 4 and scp.staging_leftovers() == []
+
+
 def test_stores_read_whole_are_answered_before_waiting_for_the_rest(scp, tmp_path):
     """A peer that sends a whole C-STORE, then the command of a second and half of its dataset, and
     waits: the first is stored and answered at once (nothing is held back while the receiver waits for

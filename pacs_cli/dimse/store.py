@@ -17,6 +17,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, build_contex
 
 from pacs_cli.archive import Archive, DuplicateRejected, InvalidInstance, OutOfResources, StoreRequest
 from pacs_cli.audit import SERIOUS_FAILURE, AuditLog
+from pacs_cli.dimse.receive import release_staged
 from pacs_cli.dimse.server import Stats
 from pacs_cli.dimse.status import status_dataset
 from pacs_cli.hooks import CommandRunner, EventLog
@@ -79,8 +80,9 @@ def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner
         stats.add(failed=int(faults.status != SUCCESS))
         return status_dataset(faults.status, "fault injection (--fault-status)")
     head = getattr(request, "_pacs_head", None)  # the staged file's first bytes (dimse/receive.py)
-    return _after_store(event, _store(archive, event.dataset_path, calling, sop_class, sop_uid, head),
-                        stats, events, runner, audit)
+    result = _store(archive, event.dataset_path, calling, sop_class, sop_uid, head)
+    release_staged(request)  # the archive moved or removed it
+    return _after_store(event, result, stats, events, runner, audit)
 
 
 def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
@@ -94,8 +96,11 @@ def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog,
         requests.append(StoreRequest(event.dataset_path, event.assoc.requestor.ae_title,
                                      str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
                                      getattr(request, "_pacs_head", None)))
+    outcomes = archive.store_files(requests)
+    for event in batch:
+        release_staged(event.request)  # the archive moved or removed each
     return [_after_store(event, _result(outcome), stats, events, runner, audit)
-            for event, outcome in zip(batch, archive.store_files(requests))]
+            for event, outcome in zip(batch, outcomes)]
 
 
 def _batch_form(args):
