@@ -22,7 +22,8 @@ def pdu(body_length: int, fill: int) -> bytes:
 @pytest.fixture
 def pair():
     ours, peer = socket.socketpair()
-    wrapped = PollReadySocket(SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue())), client_socket=ours)
+    assoc = SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue()), dimse=SimpleNamespace(_ready=[]))
+    wrapped = PollReadySocket(assoc, client_socket=ours)
     yield wrapped, peer
     ours.close()
     peer.close()

@@ -280,6 +280,33 @@ def test_stores_read_whole_are_answered_before_waiting_for_the_rest(scp, tmp_pat
     assert len(scp.rows()) == 2 and scp.staging_leftovers() == []
 
 
+def store_in_pdus(number: int, source: Path, size: int = 100_000) -> bytes:
+    """A C-STORE-RQ as pacs storescu sends a large file: the command, then its dataset in PDUs of at
+    most ``size`` bytes."""
+    uid, data = dataset_bytes(source)
+    pdus = [p_data(pdv(1, 3, store_command(sop_instance=uid, message_id=number)))]
+    pdus += [p_data(pdv(1, 2 if start + size >= len(data) else 0, data[start:start + size]))
+             for start in range(0, len(data), size)]
+    return b"".join(pdus)
+
+
+def test_large_stores_sent_ahead_are_answered_in_order_and_none_waits_for_the_network(scp, tmp_path):
+    """Objects whose PDUs are longer than a read ahead, sent while earlier ones are unanswered (as a
+    peer with an asynchronous operations window sends them): all stored and answered in order; and
+    when the peer stops mid-PDU, those complete before it are answered without waiting for the rest."""
+    sources = [make_file(tmp_path / f"{i}.dcm", rows=256) for i in range(4)]  # 128 KiB of pixels each
+    sock = associated(scp.port)
+    last = store_in_pdus(4, sources[3], size=200_000)  # one PDU, its header read with the last one's end
+    sock.sendall(b"".join(store_in_pdus(number, source) for number, source in enumerate(sources[:3], 1))
+                 + last[:len(last) - 1000])
+    assert [store_answer(sock) for _ in range(3)] == [(1, 0x0000), (2, 0x0000), (3, 0x0000)]
+    sock.sendall(last[len(last) - 1000:])
+    assert store_answer(sock) == (4, 0x0000)
+    release(sock)
+    assert {dataset_bytes(path) for path in scp.files()} == {dataset_bytes(path) for path in sources}
+    assert len(scp.rows()) == 4 and scp.staging_leftovers() == []
+
+
 def test_stores_read_together_with_a_release_are_answered_before_it(scp, tmp_path):
     """Two C-STOREs and the A-RELEASE-RQ in one write: both answered, then the release."""
     sources = [make_file(tmp_path / f"{i}.dcm") for i in range(2)]

@@ -187,10 +187,19 @@ class PollReadySocket(AssociationSocket):
         except (OSError, ValueError, AttributeError):
             return 0
 
-    def next_pdata_whole(self) -> bool:
-        """True when the next PDU is a P-DATA-TF read ahead whole: taking it cannot wait for the peer."""
-        ahead = self._ahead
-        return len(ahead) >= 6 and ahead[0] == 0x04 and len(ahead) - 6 >= _PDU_HEADER.unpack_from(ahead)[2]
+    def serve_held(self) -> None:
+        """Serve the C-STOREs held to be stored together (:meth:`receive.StagingDIMSE.serve_ready`):
+        before a read that would wait for the peer or finds it gone, and before a PDU goes to
+        pynetdicom. Nothing else answers them."""
+        dimse = self.assoc.dimse
+        if dimse._ready:
+            dimse.serve_ready()
+
+    def more_to_read(self) -> bool:
+        """True when bytes from the peer are here: read ahead, or waiting in the socket."""
+        if not (self._ahead or self.polled_readable):
+            self.polled_readable = self._readable_now()
+        return bool(self._ahead) or self.polled_readable
 
     @property
     def read_ahead(self) -> bool:
@@ -204,6 +213,11 @@ class PollReadySocket(AssociationSocket):
         if self._ahead or self.polled_readable:
             self.polled_readable = False
             return True
+        return self._readable_now()
+
+    def _readable_now(self) -> bool:
+        if self.socket is None:
+            return False
         if self.over_tls and self.socket.pending():  # bytes decrypted but unread
             return True
         try:
@@ -262,9 +276,14 @@ class PollReadySocket(AssociationSocket):
         """
         if not self.over_tls:
             try:
-                return os.readv(self.socket.fileno(), [view])
+                count = os.readv(self.socket.fileno(), [view])
             except BlockingIOError:
                 pass
+            else:
+                if not count:
+                    self.serve_held()
+                return count
+        self.serve_held()
         return self.socket.recv_into(view)
 
 
@@ -369,10 +388,9 @@ class EventDrivenDUL(DULServiceProvider):
         stays in Sta6, so :mod:`~pacs_cli.dimse.receive` takes them from the receive buffer. Other
         PDUs, other states, or handlers bound to PDU events go pynetdicom's way, as do the errors
         (Evt17 for a connection lost mid-PDU, Evt19 for a PDU that cannot be decoded).
-        Staged C-STOREs waiting to be stored together are served first unless this PDU, a P-DATA-TF,
-        was read whole already (:meth:`receive.StagingDIMSE.serve_ready`).
+        Staged C-STOREs held to be stored together are served before a read waits for the peer,
+        and before a PDU goes pynetdicom's way (:meth:`PollReadySocket.serve_held`).
         """
-        self._serve_ready_unless_whole()
         try:
             header = self.socket.recv(6)
         except (OSError, TimeoutError) as exc:
@@ -383,6 +401,8 @@ class EventDrivenDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         pdu_type, _, length = struct.unpack(">BBL", header)
+        if pdu_type != 0x04:
+            self.socket.serve_held()
         if not 0x01 <= pdu_type <= 0x07:
             LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
@@ -400,6 +420,7 @@ class EventDrivenDUL(DULServiceProvider):
         if pdu_type == 0x04 and self._takes_pdata_directly():
             self._receive_pdata(memoryview(body))
             return
+        self.socket.serve_held()
         try:
             pdu, event = self._decode_pdu(bytearray(header) + body)
         except Exception as exc:  # noqa: BLE001 - as pynetdicom: any decoding failure is Evt19
@@ -408,11 +429,6 @@ class EventDrivenDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
-
-    def _serve_ready_unless_whole(self) -> None:
-        dimse = self.assoc.dimse
-        if dimse._ready and not self.socket.next_pdata_whole():
-            dimse.serve_ready()
 
     def _takes_pdata_directly(self) -> bool:
         assoc = self.assoc
@@ -463,8 +479,9 @@ class EventDrivenDUL(DULServiceProvider):
         """Block until the peer sends, a primitive is queued, or the ARTIM timer runs out."""
         if self.socket is not None and self.socket.read_ahead:
             return  # the next PDU has come already
-        if self.assoc.dimse._ready:
-            self.assoc.dimse.serve_ready()  # nothing waits for a peer while stores wait for their answers
+        if self.assoc.dimse._ready:  # stores held to be stored together: read on while the peer sends
+            if self.socket is None or not self.socket.more_to_read():
+                self.assoc.dimse.serve_ready()  # nothing waits for the peer while they wait for their answers
             return
         poller = select.poll()
         poller.register(self._wakeup, select.POLLIN)

@@ -442,11 +442,12 @@ class StagingDIMSE(FastResponseDIMSE):
         had its request stored here and never answered (``serve_staged`` answers only on an
         established association; the fuzz battery caught it), or logged before the association.
 
-        Several such requests already read whole (the peer keeps them outstanding, PS3.7 D.3.3.3) are
-        stored together, in one index transaction (:func:`serve_batch`): a request waits in
-        ``_ready`` while the next PDU is a P-DATA-TF already read whole, so that no wait for the
-        network holds them, and :meth:`serve_ready` serves them before this thread does anything
-        else (reads a PDU it does not hold whole, waits, takes another message).
+        Several such requests (the peer keeps them outstanding, PS3.7 D.3.3.3) are stored together, in
+        one index transaction (:func:`serve_batch`): a request waits in ``_ready`` while more bytes
+        from the peer are here to read, and :meth:`serve_ready` serves them before this thread does
+        anything else: waits for the network (a read that would block, or finds the connection
+        closed), hands a PDU to pynetdicom, or takes another message. So no wait for the peer holds
+        them, and a peer that sends ahead, large objects too, has them stored together.
         """
         assoc = self.assoc
         if not self._may_serve_here():
@@ -460,7 +461,7 @@ class StagingDIMSE(FastResponseDIMSE):
                 self._serve_ready_now()
                 return serve_staged(assoc, primitive, primitive._context_id)
             self._ready.append(primitive)
-            if len(self._ready) < MAX_BATCH and self.dul.socket.next_pdata_whole():
+            if len(self._ready) < MAX_BATCH and self.dul.socket.more_to_read():
                 return True
             self._serve_ready_now()
             return True
