@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import subprocess
@@ -12,10 +13,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pynetdicom import AE, build_context
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.sop_class import CTImageStorage
 
 from conftest import Peer, dcmtk_binary, free_port, wait_for_port
+from pacs_cli.dimse.server import SharedContexts, prefer_requestor_order
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -205,6 +209,31 @@ def test_unknown_called_ae_is_rejected(scp_factory, script_runner):
     assert "Called AE title not recognised" in wrong.stderr
     right = script_runner.run(["pacs", "echo", "127.0.0.1", str(scp.port), "-aec", "ARCHIVE"])
     assert right.returncode == 0, right.stderr
+
+
+def test_each_association_gets_the_transfer_syntax_its_peer_proposed_first(scp_factory):
+    """An archive keeps objects as sent: pynetdicom alone would pick by the acceptor's order."""
+    scp = scp_factory()
+    orders = [[JPEG2000Lossless, ExplicitVRLittleEndian], [ExplicitVRLittleEndian, JPEG2000Lossless],
+              [ImplicitVRLittleEndian, JPEG2000Lossless, ExplicitVRLittleEndian]]
+    opened = []
+    try:
+        for order in orders:  # all open at once: no association's order may reach another's
+            ae = AE(ae_title="ORDERS")
+            ae.add_requested_context(CTImageStorage, order)
+            opened.append(ae.associate("127.0.0.1", scp.port, ae_title="PACS"))
+        assert [assoc.accepted_contexts[0].transfer_syntax[0] for assoc in opened] == [o[0] for o in orders]
+    finally:
+        for assoc in opened:
+            assoc.release()
+
+
+def test_reordering_for_one_association_leaves_the_servers_contexts_as_they_were():
+    shared = SharedContexts([build_context(CTImageStorage, [ExplicitVRLittleEndian, JPEG2000Lossless])])
+    mine = copy.deepcopy(shared)
+    prefer_requestor_order([build_context(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])], mine)
+    assert mine[0].transfer_syntax == [JPEG2000Lossless, ExplicitVRLittleEndian]
+    assert shared[0].transfer_syntax == [ExplicitVRLittleEndian, JPEG2000Lossless]
 
 
 def test_calling_ae_and_ip_allow_lists(scp_factory, script_runner):
