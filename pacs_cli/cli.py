@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import sys
@@ -87,6 +88,11 @@ class LazyGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
             _report(exc, unexpected=True)
             code = 1
+        if extra.get("obj") is OWN_PROCESS:
+            # The interpreter's last collections at exit walk every object the imports made (pydicom's
+            # dictionaries, pynetdicom's contexts): ~20 ms of a 0.3 s `pacs storescu`. Frozen, they are
+            # skipped; what refers to nothing in a cycle is still freed, and files were closed by now.
+            gc.freeze()
         sys.exit(code)
 
     def format_commands(self, ctx, formatter):
