@@ -61,6 +61,26 @@ def test_echo_imports_neither_pixel_libraries_nor_the_index_nor_rich(pynetdicom_
     assert result.returncode == 0 and "0x0000 Success" in result.stdout, result.stderr
     assert {"pynetdicom", "pydicom"} <= loaded
     assert loaded & {"numpy", "requests", "sqlite_utils", "rich"} == set(), IMPORT_LATER
+    assert "http" not in loaded, "pydicom.data (its test-file downloader) loads only when used"
+
+
+def test_pydicom_modules_left_out_at_start_up_load_when_used():
+    """pydicom.data and pydicom.examples stand in until used; then they are pydicom's own."""
+    code = (
+        "import sys\n"
+        "from pacs_cli.cli import _load_when_used\n"
+        "_load_when_used('pydicom.examples'); _load_when_used('pydicom.data', 'get_palette_files')\n"
+        "import pydicom.pixels.processing as processing\n"
+        "assert 'http.client' not in sys.modules\n"
+        "print(len(processing.get_palette_files('*.dcm')))\n"
+        "from pydicom.data import get_testdata_file\n"
+        "from pydicom import examples\n"
+        "print(get_testdata_file('CT_small.dcm') == str(examples.get_path('ct')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    palettes, same = result.stdout.split()
+    assert int(palettes) > 5 and same == "True"
 
 
 def test_find_in_the_index_imports_no_network_stack(tmp_path):
