@@ -4,6 +4,7 @@ and against a raw peer that bends every PDV detail it reads."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
 from pathlib import Path
@@ -305,6 +306,26 @@ def test_large_stores_sent_ahead_are_answered_in_order_and_none_waits_for_the_ne
     release(sock)
     assert {dataset_bytes(path) for path in scp.files()} == {dataset_bytes(path) for path in sources}
     assert len(scp.rows()) == 4 and scp.staging_leftovers() == []
+
+
+def test_pdus_of_every_length_carry_their_own_bytes_into_the_file(scp, tmp_path):
+    """Long P-DATA-TF PDUs are read into one buffer the socket reuses: objects of distinct pixels in
+    PDUs longer than a read ahead, each shorter than the last, and short ones read whole with their
+    neighbours, arrive byte-identical (zero pixels would hide bytes left over from an earlier PDU)."""
+    sources = []
+    for number in range(4):
+        path = make_file(tmp_path / f"{number}.dcm", rows=256)
+        ds = pydicom.dcmread(path)
+        ds.PixelData = os.urandom(len(ds.PixelData))
+        ds.save_as(path, enforce_file_format=True)
+        sources.append(path)
+    sizes = [150_000, 100_000, 70_000, 9_000]
+    sock = associated(scp.port)
+    sock.sendall(b"".join(store_in_pdus(number, source, size)
+                          for number, (source, size) in enumerate(zip(sources, sizes), 1)))
+    assert [store_answer(sock) for _ in sources] == [(number, 0x0000) for number in range(1, 5)]
+    release(sock)
+    assert {dataset_bytes(path) for path in scp.files()} == {dataset_bytes(path) for path in sources}
 
 
 def test_stores_read_together_with_a_release_are_answered_before_it(scp, tmp_path):

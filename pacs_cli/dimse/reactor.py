@@ -148,6 +148,7 @@ class PollReadySocket(AssociationSocket):
     def _set_up(self) -> None:
         self.send_lock = threading.RLock()
         self._ahead = memoryview(b"")
+        self._reused = bytearray()
         self.polled_readable = False  # the DUL's wait saw the socket readable: ``ready`` need not look again
 
     def send(self, bytestream: bytes) -> None:
@@ -228,12 +229,22 @@ class PollReadySocket(AssociationSocket):
             self.event_queue.put("Evt17")  # transport connection closed
             return False
 
-    def recv(self, nr_bytes: int) -> bytearray | memoryview:
+    def recv(self, nr_bytes: int, reuse: bool = False) -> bytearray | memoryview:
         """``nr_bytes`` bytes, or fewer when the peer closed the connection (as pynetdicom's); a slice of
-        what was read ahead when it holds them all, so a PDU read with its neighbours is never copied."""
+        what was read ahead when it holds them all, so a PDU read with its neighbours is never copied.
+
+        ``reuse``: into a buffer this socket keeps for the next such read, valid until then, for a
+        caller done with the bytes before it reads again. A new bytearray is zero-filled before the
+        read overwrites it: for the 256 KiB PDUs of 0.5 MB images, 2% of a receiver's CPU in memset.
+        """
         if len(self._ahead) >= nr_bytes:
             data, self._ahead = self._ahead[:nr_bytes], self._ahead[nr_bytes:]
             return data
+        if reuse:
+            if len(self._reused) < nr_bytes:
+                self._reused = bytearray(nr_bytes)
+            view = memoryview(self._reused)[:nr_bytes]
+            return view[:self._read_into(view)]
         data = bytearray(nr_bytes)
         with memoryview(data) as view:
             got = self._read_into(view)
@@ -407,8 +418,9 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             self.event_queue.put("Evt19")
             return
+        direct = pdu_type == 0x04 and self._takes_pdata_directly()  # consumed before the next read
         try:
-            body = self.socket.recv(length)
+            body = self.socket.recv(length, reuse=direct)
         except (OSError, TimeoutError) as exc:
             LOGGER.error("Connection closed before the entire PDU was received: %s", exc)
             self.event_queue.put("Evt17")
@@ -417,7 +429,7 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + length} bytes)")
             self.event_queue.put("Evt17")
             return
-        if pdu_type == 0x04 and self._takes_pdata_directly():
+        if direct and self._takes_pdata_directly():
             self._receive_pdata(memoryview(body))
             return
         self.socket.serve_held()

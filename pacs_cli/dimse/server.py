@@ -207,14 +207,14 @@ class GuardedSocket(reactor.PollReadySocket):
     pdu_deadline = 30.0
     _pdu_type = None
 
-    def recv(self, nr_bytes: int) -> bytearray:
+    def recv(self, nr_bytes: int, reuse: bool = False) -> bytearray | memoryview:
         limit = self.max_pdu + PDU_SLACK if self._pdu_type == P_DATA_TF else NON_DATA_PDU_LIMIT
         if nr_bytes > 6 and nr_bytes > limit:
             security_alert(self.assoc._server, self._peer(),
                            f"dropped {self._peer()}: PDU of {nr_bytes} bytes announced, limit {limit}")
             raise OSError(f"PDU of {nr_bytes} bytes exceeds the limit of {limit}")
         self._deadline = time.monotonic() + self.pdu_deadline
-        data = super().recv(nr_bytes)
+        data = super().recv(nr_bytes, reuse)
         if nr_bytes == 6 and len(data) == 6:
             self._pdu_type = data[0]
         return data
