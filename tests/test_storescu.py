@@ -367,6 +367,34 @@ def test_failed_store_gives_status_meaning_and_error_comment(script_runner, scp_
     assert line["error_comment"] == "fault injection (--fault-status)" and line["outcome"] == "failed"
 
 
+def test_a_file_still_growing_after_the_scan_is_not_sent(script_runner, pynetdicom_scp, tmp_path):
+    """A spool writer still writing: the size scanned is checked again before the file goes out."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    growing, complete = make_file(tmp_path / "growing.dcm"), make_file(tmp_path / "complete.dcm")
+    scanned = growing.stat().st_size
+    stored = []
+
+    def grow(event):  # the association request: every file was scanned, none sent yet
+        with open(growing, "ab") as file:
+            file.write(bytes(100))
+
+    def store(event):
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    port = pynetdicom_scp(contexts=[CTImageStorage], handlers=[(evt.EVT_REQUESTED, grow), (evt.EVT_C_STORE, store)])
+    result = script_runner.run(["pacs", "storescu", "-aec", "PYNETDICOM", "127.0.0.1", str(port),
+                                str(growing), str(complete), "--format", "ndjson"])
+    assert result.returncode == 1
+    assert stored == [pydicom.dcmread(complete).SOPInstanceUID]
+    entries = {Path(entry["path"]).name: entry for entry in map(json.loads, result.stdout.splitlines())}
+    assert entries["complete.dcm"]["outcome"] == "stored" and entries["growing.dcm"]["outcome"] == "failed"
+    assert f"the file changed size since it was scanned ({scanned} -> {scanned + 100} bytes)" \
+        in entries["growing.dcm"]["error"]
+
+
 def test_warning_status_counts_as_stored(script_runner, scp_factory, tmp_path):
     scp = scp_factory("--fault-status", "0xB000")
     result = storescu(script_runner, scp.port, make_file(tmp_path / "a.dcm"))
