@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.abc
+import importlib.util
 import logging
 import sys
 import types
@@ -128,6 +130,7 @@ def cli(ctx, verbose, quiet, config_path):
         _keep_out("requests")
         _load_when_used("pydicom.examples")
         _load_when_used("pydicom.data", "get_palette_files")
+        _load_unchecked("pynetdicom")
         if ALIASES.get(ctx.invoked_subcommand, ctx.invoked_subcommand) in PIXEL_FREE:
             _keep_out("numpy")
     logs.configure(verbose, quiet)
@@ -207,6 +210,58 @@ def _load_when_used(name: str, *functions: str) -> None:
         for function in functions:
             module.stand_in(function)
         sys.modules.setdefault(name, module)
+
+
+class _UncheckedWhileLoading:
+    """A module's loader, run with pydicom's value validation off (see :func:`_load_unchecked`)."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def __getattr__(self, attribute: str):  # resources, source: as the real loader gives them
+        return getattr(self._loader, attribute)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        from pydicom import config
+
+        mode = config.settings.reading_validation_mode
+        config.settings.reading_validation_mode = config.IGNORE
+        try:
+            self._loader.exec_module(module)
+        finally:
+            config.settings.reading_validation_mode = mode
+
+
+class _FirstImportUnchecked(importlib.abc.MetaPathFinder):
+    """Finds ``name`` once, as the import system would, with its loader wrapped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _UncheckedWhileLoading(spec.loader)
+        return spec
+
+
+def _load_unchecked(name: str) -> None:
+    """Have the package ``name`` (pynetdicom) load with pydicom's value validation off, put back after.
+
+    pynetdicom builds ~370 presentation contexts at import, each UID a pydicom ``UID`` checked by
+    regular expressions: ~10 ms of every network command's start-up, for pynetdicom's own constants.
+    Those commands turn the validation off anyway once they make an AE
+    (:func:`pacs_cli.dimse.ae.configure_libraries`); here it is off only while the package's modules
+    load. As :func:`_keep_out`: only in a process of our own, before the package's first import.
+    """
+    if name not in sys.modules:
+        sys.meta_path.insert(0, _FirstImportUnchecked(name))
 
 
 def main() -> None:

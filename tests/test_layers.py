@@ -83,6 +83,32 @@ def test_pydicom_modules_left_out_at_start_up_load_when_used():
     assert int(palettes) > 5 and same == "True"
 
 
+def test_pynetdicom_loaded_unchecked_leaves_pydicom_validating_as_before():
+    """pynetdicom's first import runs with pydicom's validation off (start-up); after it, pydicom
+    validates as it did, the finder is gone, and pynetdicom's source and resources read as usual."""
+    code = (
+        "import importlib.resources, inspect, sys, warnings\n"
+        "from pacs_cli.cli import _load_unchecked\n"
+        "_load_unchecked('pynetdicom')\n"
+        "from pydicom import config\n"
+        "from pydicom.uid import UID\n"
+        "before = config.settings.reading_validation_mode\n"
+        "import pynetdicom\n"
+        "from pynetdicom.sop_class import CTImageStorage\n"
+        "assert config.settings.reading_validation_mode == before == config.WARN\n"
+        "assert not [f for f in sys.meta_path if type(f).__name__ == '_FirstImportUnchecked']\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    UID('1.02.3')\n"
+        "assert caught, 'pydicom no longer warns about an invalid UID'\n"
+        "assert 'def debug_logger' in inspect.getsource(pynetdicom) and CTImageStorage == '1.2.840.10008.5.1.4.1.1.2'\n"
+        "print(sorted(p.name for p in importlib.resources.files('pynetdicom').iterdir() if p.name == 'apps'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['apps']"
+
+
 def test_find_in_the_index_imports_no_network_stack(tmp_path):
     """`pacs find --db` reads SQLite: no pynetdicom, no sqlite-utils (the index is already migrated)."""
     from pacs_cli.archive.index import FileInfo, Index
