@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.abc
-import importlib.util
 import logging
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from pacs_cli import __version__, config, logs
+from pacs_cli import __version__, config, logs, startup
 from pacs_cli.errors import EXIT_INTERRUPTED, PacsError
 
 # name -> "module:attribute"; modules import nothing heavy at top level so `pacs --help` stays fast.
@@ -32,7 +29,7 @@ COMMANDS = {
 }
 ALIASES: dict[str, str] = {"find": "findscu"}
 # Commands that never decode or encode pixel data: in a process of their own they load pydicom without
-# numpy (see _keep_out); storescu decides by its --decompress (State.without_numpy). Every command goes
+# numpy (see startup.keep_out); storescu decides by its --decompress (State.without_numpy). Every command goes
 # without requests.
 PIXEL_FREE = {"echo", "findscu", "storescp", "movescu", "getscu", "mwl-scp", "mpps-scu", "index"}
 # What main() hands the root group: this process runs one command, then exits.
@@ -54,7 +51,7 @@ class State:
         """For a command that learns from its options that it handles no pixel data (storescu without
         --decompress): pydicom loads without numpy, as for the PIXEL_FREE commands."""
         if self.own_process:
-            _keep_out("numpy")
+            startup.keep_out("numpy")
 
 
 class LazyGroup(click.Group):
@@ -127,12 +124,7 @@ def cli(ctx, verbose, quiet, config_path):
     """
     own_process = ctx.obj is OWN_PROCESS
     if own_process:
-        _keep_out("requests")
-        _load_when_used("pydicom.examples")
-        _load_when_used("pydicom.data", "get_palette_files")
-        _load_unchecked("pynetdicom")
-        if ALIASES.get(ctx.invoked_subcommand, ctx.invoked_subcommand) in PIXEL_FREE:
-            _keep_out("numpy")
+        startup.lean_process(pixel_free=ALIASES.get(ctx.invoked_subcommand, ctx.invoked_subcommand) in PIXEL_FREE)
     logs.configure(verbose, quiet)
     cfg = config.load(config_path, COMMANDS, explicit=config_path is not None)
     ctx.obj = State(verbose=verbose, quiet=quiet, config=cfg, own_process=own_process)
@@ -159,109 +151,6 @@ def _with_verbosity(command: click.Command) -> click.Command:
                          help="Errors only (also before the command)."),
         ]
     return command
-
-
-def _keep_out(name: str) -> None:
-    """Have pydicom load as though the package ``name`` (numpy or requests) were not installed.
-
-    Any pydicom import imports both (``pydicom.config`` loads the pixel data handlers, those load
-    ``pydicom.data`` and its test-file downloader), and no pydicom setting skips them: measured, they
-    were 0.3 s of a 0.74 s `pacs echo`, and 0.2 s of every `pacs storescu`. pydicom supports installs
-    without either: numpy only decodes and encodes pixel data and makes numpy-valued DS/IS (off by
-    default), requests only downloads pydicom's test files (urllib does it otherwise), and pynetdicom
-    uses neither. ``None`` in ``sys.modules`` is how the import system is told to fail an import. Only
-    before pydicom's first import and only in a process of our own (:func:`main`): a library caller
-    or a test run keeps its numpy.
-    """
-    if "pydicom" not in sys.modules:
-        sys.modules.setdefault(name, None)
-
-
-class _LoadedWhenUsed(types.ModuleType):
-    """Stands in for a module of pydicom's until one of its attributes is asked for."""
-
-    def __getattr__(self, attribute: str):
-        if attribute.startswith("__"):  # the import system asking whether this is a package (__path__)
-            raise AttributeError(attribute)
-        return getattr(self.real(), attribute)
-
-    def real(self) -> types.ModuleType:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return importlib.import_module(self.__name__)
-
-    def stand_in(self, function: str) -> None:
-        """Bind ``function`` to a call that loads the real module first."""
-        setattr(self, function, lambda *args, **kwargs: getattr(self.real(), function)(*args, **kwargs))
-
-
-def _load_when_used(name: str, *functions: str) -> None:
-    """Have pydicom's module ``name`` load when first used rather than with pydicom.
-
-    Any pydicom import loads ``pydicom.examples``, which looks up 13 test files' paths, and
-    ``pydicom.data``, which brings urllib.request and http.client to download them: 13-16 ms of
-    every command's start-up (`pacs storescu` of one file), for files no command reads.
-    ``functions`` are the names pydicom imports from the module at its own import (``from
-    pydicom.data import get_palette_files``): stand-ins that load the real module when called. As
-    :func:`_keep_out`: only before pydicom's first import, only in a process of our own.
-    """
-    if "pydicom" not in sys.modules:
-        module = _LoadedWhenUsed(name)
-        for function in functions:
-            module.stand_in(function)
-        sys.modules.setdefault(name, module)
-
-
-class _UncheckedWhileLoading:
-    """A module's loader, run with pydicom's value validation off (see :func:`_load_unchecked`)."""
-
-    def __init__(self, loader) -> None:
-        self._loader = loader
-
-    def __getattr__(self, attribute: str):  # resources, source: as the real loader gives them
-        return getattr(self._loader, attribute)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        from pydicom import config
-
-        mode = config.settings.reading_validation_mode
-        config.settings.reading_validation_mode = config.IGNORE
-        try:
-            self._loader.exec_module(module)
-        finally:
-            config.settings.reading_validation_mode = mode
-
-
-class _FirstImportUnchecked(importlib.abc.MetaPathFinder):
-    """Finds ``name`` once, as the import system would, with its loader wrapped."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _UncheckedWhileLoading(spec.loader)
-        return spec
-
-
-def _load_unchecked(name: str) -> None:
-    """Have the package ``name`` (pynetdicom) load with pydicom's value validation off, put back after.
-
-    pynetdicom builds ~370 presentation contexts at import, each UID a pydicom ``UID`` checked by
-    regular expressions: ~10 ms of every network command's start-up, for pynetdicom's own constants.
-    Those commands turn the validation off anyway once they make an AE
-    (:func:`pacs_cli.dimse.ae.configure_libraries`); here it is off only while the package's modules
-    load. As :func:`_keep_out`: only in a process of our own, before the package's first import.
-    """
-    if name not in sys.modules:
-        sys.meta_path.insert(0, _FirstImportUnchecked(name))
 
 
 def main() -> None:

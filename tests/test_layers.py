@@ -64,12 +64,19 @@ def test_echo_imports_neither_pixel_libraries_nor_the_index_nor_rich(pynetdicom_
     assert "http" not in loaded, "pydicom.data (its test-file downloader) loads only when used"
 
 
+def python_output(code: str) -> str:
+    """What ``code`` prints, run in a Python of its own (imports as a fresh `pacs` process makes them)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_pydicom_modules_left_out_at_start_up_load_when_used():
     """pydicom.data and pydicom.examples stand in until used; then they are pydicom's own."""
     code = (
         "import sys\n"
-        "from pacs_cli.cli import _load_when_used\n"
-        "_load_when_used('pydicom.examples'); _load_when_used('pydicom.data', 'get_palette_files')\n"
+        "from pacs_cli.startup import load_when_used\n"
+        "load_when_used('pydicom.examples'); load_when_used('pydicom.data', 'get_palette_files')\n"
         "import pydicom.pixels.processing as processing\n"
         "assert 'http.client' not in sys.modules\n"
         "print(len(processing.get_palette_files('*.dcm')))\n"
@@ -77,9 +84,7 @@ def test_pydicom_modules_left_out_at_start_up_load_when_used():
         "from pydicom import examples\n"
         "print(get_testdata_file('CT_small.dcm') == str(examples.get_path('ct')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    palettes, same = result.stdout.split()
+    palettes, same = python_output(code).split()
     assert int(palettes) > 5 and same == "True"
 
 
@@ -88,8 +93,8 @@ def test_pynetdicom_loaded_unchecked_leaves_pydicom_validating_as_before():
     validates as it did, the finder is gone, and pynetdicom's source and resources read as usual."""
     code = (
         "import importlib.resources, inspect, sys, warnings\n"
-        "from pacs_cli.cli import _load_unchecked\n"
-        "_load_unchecked('pynetdicom')\n"
+        "from pacs_cli.startup import load_unchecked\n"
+        "load_unchecked('pynetdicom')\n"
         "from pydicom import config\n"
         "from pydicom.uid import UID\n"
         "before = config.settings.reading_validation_mode\n"
@@ -104,9 +109,7 @@ def test_pynetdicom_loaded_unchecked_leaves_pydicom_validating_as_before():
         "assert 'def debug_logger' in inspect.getsource(pynetdicom) and CTImageStorage == '1.2.840.10008.5.1.4.1.1.2'\n"
         "print(sorted(p.name for p in importlib.resources.files('pynetdicom').iterdir() if p.name == 'apps'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['apps']"
+    assert python_output(code).strip() == "['apps']"
 
 
 def test_find_in_the_index_imports_no_network_stack(tmp_path):

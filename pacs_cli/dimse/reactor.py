@@ -429,7 +429,7 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + length} bytes)")
             self.event_queue.put("Evt17")
             return
-        if direct and self._takes_pdata_directly():
+        if direct and self._takes_pdata_directly():  # again: held stores served during the read may end it
             self._receive_pdata(memoryview(body))
             return
         self.socket.serve_held()

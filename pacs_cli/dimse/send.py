@@ -307,9 +307,9 @@ def scan(path: str, index: int = 0) -> Item | FileResult:
     try:
         stat, head = _head_of(path)
         header = _quick_header(head)
-        if header is None:
+        if header is None:  # pydicom's turn (read_part10_header tries the quick parse first again: cheap)
             with open(path, "rb") as fp:
-                header = _header_read_by_pydicom(fp)
+                header = read_part10_header(fp)
     except OSError as exc:
         return _failed_file(path, index, f"cannot read: {exc.strerror}")
     if header is None:
@@ -355,7 +355,14 @@ def read_part10_header(fp) -> Header | None:
     if header is not None:
         return header
     fp.seek(0)
-    return _header_read_by_pydicom(fp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _pydicom_header(fp)
+        except OSError:
+            raise
+        except Exception:  # noqa: BLE001 - no Part 10 preamble, or a broken meta group: try it as a raw dataset
+            return None
 
 
 def _head_of(path: str) -> tuple[os.stat_result, bytes]:
@@ -366,18 +373,6 @@ def _head_of(path: str) -> tuple[os.stat_result, bytes]:
         return os.fstat(fd), os.read(fd, QUICK_HEADER_BYTES)
     finally:
         os.close(fd)
-
-
-def _header_read_by_pydicom(fp) -> Header | None:
-    """:func:`read_part10_header` for what :func:`_quick_header` does not handle, ``fp`` at the start."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return _pydicom_header(fp)
-        except OSError:
-            raise
-        except Exception:  # noqa: BLE001 - no Part 10 preamble, or a broken meta group: try it as a raw dataset
-            return None
 
 
 def _pydicom_header(fp) -> Header:

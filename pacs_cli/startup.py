@@ -1,0 +1,129 @@
+"""What a pacs process of its own loads of pydicom and pynetdicom at start-up, and what it leaves out.
+
+Start-up is most of a one-shot command's time (a `pacs storescu` of 500 CT images spends ~0.25 s
+before its first byte, bench/README.md), and most of that is importing pydicom and pynetdicom. The
+root group (:mod:`pacs_cli.cli`) sets these up before any command imports either package; a library
+caller or a test run gets both packages as they come.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+
+def lean_process(pixel_free: bool) -> None:
+    """Everything below, for a command run by ``pacs``; numpy stays out only for a command that
+    handles no pixel data (storescu decides later, by its --decompress: :func:`keep_out`)."""
+    keep_out("requests")
+    load_when_used("pydicom.examples")
+    load_when_used("pydicom.data", "get_palette_files")
+    load_unchecked("pynetdicom")
+    if pixel_free:
+        keep_out("numpy")
+
+
+def keep_out(name: str) -> None:
+    """Have pydicom load as though the package ``name`` (numpy or requests) were not installed.
+
+    Any pydicom import imports both (``pydicom.config`` loads the pixel data handlers, those load
+    ``pydicom.data`` and its test-file downloader), and no pydicom setting skips them: measured, they
+    were 0.3 s of a 0.74 s `pacs echo`, and 0.2 s of every `pacs storescu`. pydicom supports installs
+    without either: numpy only decodes and encodes pixel data and makes numpy-valued DS/IS (off by
+    default), requests only downloads pydicom's test files (urllib does it otherwise), and pynetdicom
+    uses neither. ``None`` in ``sys.modules`` is how the import system is told to fail an import. Only
+    before pydicom's first import and only in a process of our own (``pacs_cli.cli.main``): a library
+    caller or a test run keeps its numpy.
+    """
+    if "pydicom" not in sys.modules:
+        sys.modules.setdefault(name, None)
+
+
+class _LoadedWhenUsed(types.ModuleType):
+    """Stands in for a module of pydicom's until one of its attributes is asked for."""
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("__"):  # the import system asking whether this is a package (__path__)
+            raise AttributeError(attribute)
+        return getattr(self.real(), attribute)
+
+    def real(self) -> types.ModuleType:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return importlib.import_module(self.__name__)
+
+    def stand_in(self, function: str) -> None:
+        """Bind ``function`` to a call that loads the real module first."""
+        setattr(self, function, lambda *args, **kwargs: getattr(self.real(), function)(*args, **kwargs))
+
+
+def load_when_used(name: str, *functions: str) -> None:
+    """Have pydicom's module ``name`` load when first used rather than with pydicom.
+
+    Any pydicom import loads ``pydicom.examples``, which looks up 13 test files' paths, and
+    ``pydicom.data``, which brings urllib.request and http.client to download them: 13-16 ms of
+    every command's start-up (`pacs storescu` of one file), for files no command reads.
+    ``functions`` are the names pydicom imports from the module at its own import (``from
+    pydicom.data import get_palette_files``): stand-ins that load the real module when called. As
+    :func:`keep_out`: only before pydicom's first import, only in a process of our own.
+    """
+    if "pydicom" not in sys.modules:
+        module = _LoadedWhenUsed(name)
+        for function in functions:
+            module.stand_in(function)
+        sys.modules.setdefault(name, module)
+
+
+class _UncheckedWhileLoading:
+    """A module's loader, run with pydicom's value validation off (see :func:`load_unchecked`)."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def __getattr__(self, attribute: str):  # resources, source: as the real loader gives them
+        return getattr(self._loader, attribute)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        from pydicom import config
+
+        mode = config.settings.reading_validation_mode
+        config.settings.reading_validation_mode = config.IGNORE
+        try:
+            self._loader.exec_module(module)
+        finally:
+            config.settings.reading_validation_mode = mode
+
+
+class _FirstImportUnchecked:
+    """Finds ``name`` once, as the import system would, with its loader wrapped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _UncheckedWhileLoading(spec.loader)
+        return spec
+
+
+def load_unchecked(name: str) -> None:
+    """Have the package ``name`` (pynetdicom) load with pydicom's value validation off, put back after.
+
+    pynetdicom builds ~370 presentation contexts at import, each UID a pydicom ``UID`` checked by
+    regular expressions: ~10 ms of every network command's start-up, for pynetdicom's own constants.
+    Those commands turn the validation off anyway once they make an AE
+    (:func:`pacs_cli.dimse.ae.configure_libraries`); here it is off only while the package's modules
+    load. As :func:`keep_out`: only in a process of our own, before the package's first import.
+    """
+    if name not in sys.modules:
+        sys.meta_path.insert(0, _FirstImportUnchecked(name))
