@@ -1185,8 +1185,7 @@ def _worker(connection: Connection, items: list[Item], options: SendOptions, cha
     except BaseException as exc:  # noqa: BLE001 - told to the parent, which owns the exit code
         outbox.put("fatal", (PacsError, f"unexpected {type(exc).__name__} while sending: {exc}", None))
     finally:
-        outbox.put("done", None)
-        outbox.flush()
+        outbox.put("done", None)  # sends what was held with it
         channel.close()
 
 
