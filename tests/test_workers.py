@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 
 from conftest import Peer, dcmtk_binary
 from test_storescp import dataset_bytes, dcmtk_send, make_file, scp_factory  # noqa: F401 - a fixture
@@ -53,6 +55,43 @@ def test_parallel_associations_are_stored_once_by_two_workers(script_runner, scp
     assert "2 workers" in out
     assert "4 associations, 40 instances stored" in out  # the workers' counts added up
     assert scp.staging_leftovers() == []
+
+
+def serving(pid: int, port: int) -> int:
+    """How many established connections to ``port`` the process ``pid`` holds (its socket
+    descriptors, found in /proc/net/tcp by inode)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+        count += local_port == port and state == "01" and inode in inodes  # 01: ESTABLISHED
+    return count
+
+
+def test_a_busy_worker_leaves_the_next_association_to_an_idle_one(scp_factory):
+    """Two associations open at once go to two workers, five times over: with any worker free to
+    take any connection, they shared one worker (and its one GIL) about half the time."""
+    scp = scp_factory("--workers", "2")
+    workers = children(scp.proc.pid)
+    assert len(workers) == 2
+    ae = AE(ae_title="TWO")
+    ae.add_requested_context(CTImageStorage)
+    for attempt in range(5):
+        opened = [ae.associate("127.0.0.1", scp.port, ae_title="PACS") for _ in range(2)]
+        try:
+            assert all(assoc.is_established for assoc in opened)
+            assert sorted(serving(pid, scp.port) for pid in workers) == [1, 1], f"attempt {attempt + 1}"
+        finally:
+            for assoc in opened:
+                assoc.release()
 
 
 def test_the_same_instances_from_two_senders_at_once_are_stored_once(scp_factory, tmp_path):
