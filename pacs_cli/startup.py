@@ -9,6 +9,7 @@ caller or a test run gets both packages as they come.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
@@ -20,6 +21,8 @@ def lean_process(pixel_free: bool) -> None:
     load_when_used("pydicom.examples")
     load_when_used("pydicom.data", "get_palette_files")
     load_unchecked("pynetdicom")
+    version_from_dist_info("pydicom")
+    version_from_dist_info("pynetdicom")
     if pixel_free:
         keep_out("numpy")
 
@@ -75,8 +78,8 @@ def load_when_used(name: str, *functions: str) -> None:
         sys.modules.setdefault(name, module)
 
 
-class _UncheckedWhileLoading:
-    """A module's loader, run with pydicom's value validation off (see :func:`load_unchecked`)."""
+class _WrappedLoader:
+    """A module's loader, its ``exec_module`` run in a setting of the subclass's."""
 
     def __init__(self, loader) -> None:
         self._loader = loader
@@ -86,6 +89,10 @@ class _UncheckedWhileLoading:
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
+
+
+class _UncheckedWhileLoading(_WrappedLoader):
+    """A module's loader, run with pydicom's value validation off (see :func:`load_unchecked`)."""
 
     def exec_module(self, module) -> None:
         from pydicom import config
@@ -98,11 +105,11 @@ class _UncheckedWhileLoading:
             config.settings.reading_validation_mode = mode
 
 
-class _FirstImportUnchecked:
-    """Finds ``name`` once, as the import system would, with its loader wrapped."""
+class _FirstImportWrapped:
+    """Finds ``name`` once, as the import system would, with its loader wrapped in ``wrapper``."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, wrapper: type[_WrappedLoader]) -> None:
+        self.name, self.wrapper = name, wrapper
 
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
@@ -112,7 +119,7 @@ class _FirstImportUnchecked:
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
         if spec is not None and spec.loader is not None:
-            spec.loader = _UncheckedWhileLoading(spec.loader)
+            spec.loader = self.wrapper(spec.loader)
         return spec
 
 
@@ -126,4 +133,53 @@ def load_unchecked(name: str) -> None:
     load. As :func:`keep_out`: only in a process of our own, before the package's first import.
     """
     if name not in sys.modules:
-        sys.meta_path.insert(0, _FirstImportUnchecked(name))
+        sys.meta_path.insert(0, _FirstImportWrapped(name, _UncheckedWhileLoading))
+
+
+class _VersionFromDistInfoWhileLoading(_WrappedLoader):
+    """A module's loader, run with a stand-in ``importlib.metadata`` (see :func:`version_from_dist_info`)."""
+
+    def exec_module(self, module) -> None:
+        if "importlib.metadata" in sys.modules:  # loaded already: nothing to save
+            self._loader.exec_module(module)
+            return
+        stand_in = types.ModuleType("importlib.metadata")
+        stand_in.version = _dist_info_version
+        sys.modules["importlib.metadata"] = stand_in
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if sys.modules.get("importlib.metadata") is stand_in:
+                del sys.modules["importlib.metadata"]
+
+
+def _dist_info_version(name: str) -> str:
+    """The version in the name of the one ``<name>-<version>.dist-info`` beside the package, where pip
+    puts it (PEP 376); importlib.metadata's answer otherwise (an egg, an editable pydicom, two of them)."""
+    package = sys.modules.get(name)
+    folder = os.path.dirname(os.path.dirname(getattr(package, "__file__", None) or ""))
+    prefix = name.replace("-", "_") + "-"
+    try:
+        found = [entry for entry in os.listdir(folder) if entry.startswith(prefix) and entry.endswith(".dist-info")]
+    except OSError:
+        found = []
+    if len(found) == 1:
+        return found[0][len(prefix):-len(".dist-info")]
+    if getattr(sys.modules.get("importlib.metadata"), "version", None) is _dist_info_version:
+        del sys.modules["importlib.metadata"]  # the stand-in: the real module's turn
+    return importlib.import_module("importlib.metadata").version(name)
+
+
+def version_from_dist_info(name: str) -> None:
+    """Have the package ``name`` (pydicom, pynetdicom) learn its own version at import without
+    importlib.metadata.
+
+    Both packages' ``_version`` ask ``importlib.metadata.version(name)``, whose import (the email
+    parser, zipfile, csv, ...) was ~7 ms of every command's start-up (`pacs echo` 128 ms in all),
+    for a version the name of the package's dist-info directory gives. While ``<name>._version`` loads,
+    ``importlib.metadata`` is a stand-in whose ``version`` reads that name, and the real module
+    answers where that does not work; afterwards it is the real module again for whoever imports
+    it. As :func:`keep_out`: only in a process of our own, before the package's first import.
+    """
+    if name not in sys.modules:
+        sys.meta_path.insert(0, _FirstImportWrapped(f"{name}._version", _VersionFromDistInfoWhileLoading))

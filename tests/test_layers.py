@@ -101,7 +101,7 @@ def test_pynetdicom_loaded_unchecked_leaves_pydicom_validating_as_before():
         "import pynetdicom\n"
         "from pynetdicom.sop_class import CTImageStorage\n"
         "assert config.settings.reading_validation_mode == before == config.WARN\n"
-        "assert not [f for f in sys.meta_path if type(f).__name__ == '_FirstImportUnchecked']\n"
+        "assert not [f for f in sys.meta_path if type(f).__name__ == '_FirstImportWrapped']\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
         "    UID('1.02.3')\n"
@@ -110,6 +110,38 @@ def test_pynetdicom_loaded_unchecked_leaves_pydicom_validating_as_before():
         "print(sorted(p.name for p in importlib.resources.files('pynetdicom').iterdir() if p.name == 'apps'))\n"
     )
     assert python_output(code).strip() == "['apps']"
+
+
+def test_pydicom_and_pynetdicom_learn_their_versions_without_importlib_metadata():
+    """Their ``__version__`` as importlib.metadata gives it, read from the dist-info directory's name
+    while importlib.metadata stays unloaded (start-up); the finders are gone afterwards."""
+    code = (
+        "import sys\n"
+        "from pacs_cli.startup import lean_process\n"
+        "lean_process(pixel_free=True)  # as `pacs echo` starts: numpy and requests would load it anyway\n"
+        "import pynetdicom, pydicom\n"
+        "assert 'importlib.metadata' not in sys.modules\n"
+        "assert not [f for f in sys.meta_path if type(f).__name__ == '_FirstImportWrapped']\n"
+        "from importlib.metadata import version\n"
+        "print(pydicom.__version__ == version('pydicom') != '', pynetdicom.__version__ == version('pynetdicom') != '')\n"
+    )
+    assert python_output(code).split() == ["True", "True"]
+
+
+def test_a_version_without_a_dist_info_beside_the_package_is_importlib_metadatas(tmp_path):
+    """Where no dist-info sits beside the package, the stand-in makes way for importlib.metadata."""
+    code = (
+        "import sys, types\n"
+        "from pacs_cli import startup\n"
+        f"sys.modules['click'] = types.SimpleNamespace(__file__={str(tmp_path / 'click' / '__init__.py')!r})\n"
+        "stand_in = types.ModuleType('importlib.metadata'); stand_in.version = startup._dist_info_version\n"
+        "sys.modules['importlib.metadata'] = stand_in\n"
+        "found = startup._dist_info_version('click')\n"
+        "assert sys.modules['importlib.metadata'] is not stand_in\n"
+        "from importlib.metadata import version\n"
+        "print(found == version('click') != '')\n"
+    )
+    assert python_output(code).strip() == "True"
 
 
 def test_find_in_the_index_imports_no_network_stack(tmp_path):
