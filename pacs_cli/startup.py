@@ -143,14 +143,21 @@ class _VersionFromDistInfoWhileLoading(_WrappedLoader):
         if "importlib.metadata" in sys.modules:  # loaded already: nothing to save
             self._loader.exec_module(module)
             return
-        stand_in = types.ModuleType("importlib.metadata")
-        stand_in.version = _dist_info_version
-        sys.modules["importlib.metadata"] = stand_in
+        stand_in = sys.modules["importlib.metadata"] = _metadata_stand_in()
         try:
             self._loader.exec_module(module)
         finally:
             if sys.modules.get("importlib.metadata") is stand_in:
                 del sys.modules["importlib.metadata"]
+
+
+def _metadata_stand_in() -> types.ModuleType:
+    """``importlib.metadata`` as far as a ``_version`` module needs it: ``version``, and the real module
+    for anything else it asks."""
+    stand_in = types.ModuleType("importlib.metadata")
+    stand_in.version = _dist_info_version
+    stand_in.__getattr__ = _from_real_metadata
+    return stand_in
 
 
 def _dist_info_version(name: str) -> str:
@@ -165,9 +172,20 @@ def _dist_info_version(name: str) -> str:
         found = []
     if len(found) == 1:
         return found[0][len(prefix):-len(".dist-info")]
+    return _real_metadata().version(name)
+
+
+def _from_real_metadata(attribute: str):
+    if attribute.startswith("__"):  # the import system asking whether this is a package (__path__)
+        raise AttributeError(attribute)
+    return getattr(_real_metadata(), attribute)
+
+
+def _real_metadata() -> types.ModuleType:
+    """importlib.metadata itself, the stand-in taken out of the way first."""
     if getattr(sys.modules.get("importlib.metadata"), "version", None) is _dist_info_version:
-        del sys.modules["importlib.metadata"]  # the stand-in: the real module's turn
-    return importlib.import_module("importlib.metadata").version(name)
+        del sys.modules["importlib.metadata"]
+    return importlib.import_module("importlib.metadata")
 
 
 def version_from_dist_info(name: str) -> None:

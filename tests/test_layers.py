@@ -128,20 +128,23 @@ def test_pydicom_and_pynetdicom_learn_their_versions_without_importlib_metadata(
     assert python_output(code).split() == ["True", "True"]
 
 
-def test_a_version_without_a_dist_info_beside_the_package_is_importlib_metadatas(tmp_path):
-    """Where no dist-info sits beside the package, the stand-in makes way for importlib.metadata."""
+def test_the_version_stand_in_makes_way_for_importlib_metadata(tmp_path):
+    """Where no dist-info sits beside the package, or a name other than ``version`` is asked for, the
+    stand-in gives importlib.metadata's own answer and leaves the real module in its place."""
     code = (
         "import sys, types\n"
         "from pacs_cli import startup\n"
         f"sys.modules['click'] = types.SimpleNamespace(__file__={str(tmp_path / 'click' / '__init__.py')!r})\n"
-        "stand_in = types.ModuleType('importlib.metadata'); stand_in.version = startup._dist_info_version\n"
-        "sys.modules['importlib.metadata'] = stand_in\n"
-        "found = startup._dist_info_version('click')\n"
-        "assert sys.modules['importlib.metadata'] is not stand_in\n"
+        "stand_in = sys.modules['importlib.metadata'] = startup._metadata_stand_in()\n"
         "from importlib.metadata import version\n"
-        "print(found == version('click') != '')\n"
+        "found = version('click')\n"
+        "assert sys.modules['importlib.metadata'] is not stand_in\n"
+        "sys.modules['importlib.metadata'] = startup._metadata_stand_in()\n"
+        "from importlib.metadata import PackageNotFoundError\n"
+        "import importlib.metadata as real\n"
+        "print(found == real.version('click') != '', PackageNotFoundError is real.PackageNotFoundError)\n"
     )
-    assert python_output(code).strip() == "True"
+    assert python_output(code).split() == ["True", "True"]
 
 
 def test_find_in_the_index_imports_no_network_stack(tmp_path):

@@ -1196,27 +1196,21 @@ class _Outbox:
     a sixth of the CPU of `pacs storescu -a 2` sending small objects. Results are held until there
     are OUTBOX_SIZE of them or OUTBOX_HOLD seconds have passed since the last send; anything else
     (the association's start, a network error, the end, Ctrl-C) sends them at once, in order. A
-    worker killed outright loses what it held: those files are reported failed and a --journal
-    resends them, as it does the requests it had outstanding (as many again at most: the window
-    is 16).
+    worker killed outright loses what it held: the parent reports those files failed and a --journal
+    resends them, as it does the requests the worker had outstanding.
     """
 
     def __init__(self, channel, number: int) -> None:
         self.channel, self.number = channel, number
         self.held: list[tuple[str, object]] = []
-        self.since = time.monotonic()
+        self.sent_at = time.monotonic()
 
     def put(self, kind: str, payload) -> None:
         self.held.append((kind, payload))
-        if (kind != "result" or len(self.held) >= OUTBOX_SIZE
-                or time.monotonic() - self.since >= OUTBOX_HOLD):
-            self.flush()
-
-    def flush(self) -> None:
-        if self.held:
+        if kind != "result" or len(self.held) >= OUTBOX_SIZE or time.monotonic() - self.sent_at >= OUTBOX_HOLD:
             self.channel.send((self.number, self.held))
             self.held = []
-        self.since = time.monotonic()
+            self.sent_at = time.monotonic()
 
 
 OUTBOX_SIZE = 16  # results

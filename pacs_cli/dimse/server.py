@@ -346,6 +346,7 @@ class PolicyServer(ThreadedAssociationServer):
     max_per_address = 16
     max_object = 0
     listening_socket: socket.socket | None = None  # bound and listening already: shared by worker processes
+    _last_accept = float("-inf")  # time.monotonic() of this server's last accept
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -380,8 +381,6 @@ class PolicyServer(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
-    _last_accept = float("-inf")
-
     def _load(self) -> int:
         """The associations this worker serves, one more while the one accepted moments ago has no
         thread yet."""
@@ -396,6 +395,7 @@ class PolicyServer(ThreadedAssociationServer):
         while the other idled (`pacs storescu -a 2` into `--workers 2`: 2,900–3,800 small objects/s
         in those runs against 4,600–4,700 when split). An idle worker takes a connection at once, one
         serving N associations gives the others N × LOAD_GRACE (at most MAX_GRACE) to take it first.
+        The price: while every worker is busy, each new connection waits that long to be accepted.
         """
         deadline = time.monotonic() + min(self._load() * LOAD_GRACE, MAX_GRACE)
         while time.monotonic() < deadline and _pending(self.socket):
