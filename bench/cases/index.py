@@ -14,7 +14,8 @@ import sqlite3
 from pathlib import Path
 
 from _common import (
-    BenchError, CaseResult, Context, Usage, batches, cell, dcmtk, ratio, run, summary, table,
+    BenchError, CaseResult, Context, Usage, batches, cell, dcmtk, ratio, read_into_page_cache, run, summary,
+    table,
 )
 
 DCMQRIDX_HEADER, DCMQRIDX_RECORD = 44_006, 8_032  # index.dat layout of DCMTK 3.6.7 (dcmqrdbi.h)
@@ -74,6 +75,7 @@ def measure(ctx: Context, case: str) -> CaseResult:
     for number in range(1, ctx.runs + 1):
         for label, tool in TOOLS.items():
             base = ctx.dir("index", tool, f"run{number}")
+            read_into_page_cache(data.paths)
             try:
                 if tool == "dcmqridx":
                     usage = build_dcmqridx(ctx, data.paths, base / "QRSCP", base / "log.txt")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import (
     HOST, BenchError, CaseResult, Context, Server, cell, count_files, dcmtk, echo_ready, free_port, log_tail,
-    log_tails, ratio, ready_file, run, runs_summary, table,
+    log_tails, ratio, read_into_page_cache, ready_file, run, runs_summary, table,
 )
 
 from cases.index import build_dcmqridx, build_pacs
@@ -67,6 +67,7 @@ def measure(ctx: Context, case: str) -> CaseResult:
         for number in range(1, ctx.runs + 1):
             for label, kind in movers.items():
                 folder = ctx.dir("move", kind, f"run{number}")
+                read_into_page_cache(data.paths)  # both movers read these files where they lie
                 try:
                     with mover(ctx, kind, folder, setup) as server:
                         argv = [dcmtk("movescu"), "-S", "-aec", "PACS" if kind == "pacs" else QR_AET, "-aem", DEST,

@@ -10,7 +10,8 @@ receiver's disk (and, for pacs, rows in its index) equal the files sent; otherwi
 and gives no figure. The ratio is to DCMTK storescu -> DCMTK storescp (``TCP_NODELAY=1``) sending the
 same files in the same bench run.
 
-Every run starts with the page cache written back (``sync``) and no files deleted since the bench began:
+Every run starts with the page cache written back (``sync``), the files to send read into it
+(``read_into_page_cache``), and no files deleted since the bench began:
 received files are set aside until its end (:meth:`Context.set_aside`), for deleting thousands of files
 made every receiver that followed pay for it (the report says when the disk was too small for that), and
 dropped from the page cache, which they filled half way through the CT case (``release_page_cache``).
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from _common import (
     HOST, BenchError, CaseResult, Context, Images, Server, cell, count_files, dcmtk, echo_ready, free_port,
-    log_tail, log_tails, ratio, ready_file, run, runs_summary, table,
+    log_tail, log_tails, ratio, read_into_page_cache, ready_file, run, runs_summary, table,
 )
 
 PACS_OWN = (".incoming", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite-journal",
@@ -132,6 +133,7 @@ def one_run(ctx: Context, case: str, pair: Pair, data: Images, number: int) -> d
     out.mkdir()
     env = ctx.env_shipped if pair.shipped else ctx.env
     os.sync()  # the last run's files written back: no run pays for another's
+    read_into_page_cache(data.paths)  # nor for reading its files from disk
     with receiver(ctx, pair, out, base / "receiver.log") as server:
         sent = run(sender_argv(ctx, pair, server.port, data), env, base / "sender.log", check=False)
         got = server.stop()
