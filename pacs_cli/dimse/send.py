@@ -1194,9 +1194,11 @@ class _Outbox:
 
     One pipe message per file (a write, a wake-up of the parent, a read and a pickle each way) was
     a sixth of the CPU of `pacs storescu -a 2` sending small objects. Results are held until there
-    are OUTBOX_SIZE of them or OUTBOX_HOLD seconds have passed since the last send; anything else
-    (the association's start, a network error, the end, Ctrl-C) sends them at once, in order. A
-    worker killed outright loses what it held: the parent reports those files failed and a --journal
+    are OUTBOX_SIZE of them, or until one comes OUTBOX_HOLD seconds or more after the last send (the
+    age is looked at as results come, with no timer of its own: results held before a long transfer
+    reach the parent, its progress bar and --journal, with the next one); anything else (the
+    association's start, a network error, the end, Ctrl-C) sends them at once, in order. A worker
+    killed outright loses what it held: the parent reports those files failed and a --journal
     resends them, as it does the requests the worker had outstanding.
     """
 
