@@ -689,3 +689,26 @@ def test_journal_ignores_a_line_cut_short(tmp_path):
         f.write('{"peer": "PEER", "path": "/x", "si')
     assert Journal(path, "PEER").confirmed(item)
     assert not Journal(path, "OTHER").confirmed(item)
+
+
+def test_a_worker_sends_held_results_within_the_hold_time():
+    """A result held by a sending worker reaches the parent (progress bar, --journal) within
+    OUTBOX_HOLD even when no other message follows it, as during a long transfer."""
+    import multiprocessing
+
+    from pacs_cli.dimse.send import OUTBOX_HOLD, _Outbox
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    outbox = _Outbox(writer, 7)
+    outbox.put("associated", None)  # sent at once
+    assert reader.recv() == (7, [("associated", None)])
+    outbox.put("result", "first")  # held: it came right after a send
+    outbox.put("result", "second")
+    assert not reader.poll(OUTBOX_HOLD / 5)
+    assert reader.poll(OUTBOX_HOLD * 20), "held results were never sent"
+    assert reader.recv() == (7, [("result", "first"), ("result", "second")])
+    outbox.put("result", "third")
+    outbox.put("done", None)
+    outbox.close()
+    assert reader.recv() == (7, [("result", "third"), ("done", None)])
+    assert not reader.poll(OUTBOX_HOLD * 3)  # nothing after the end

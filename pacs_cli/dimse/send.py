@@ -1186,6 +1186,7 @@ def _worker(connection: Connection, items: list[Item], options: SendOptions, cha
         outbox.put("fatal", (PacsError, f"unexpected {type(exc).__name__} while sending: {exc}", None))
     finally:
         outbox.put("done", None)  # sends what was held with it
+        outbox.close()
         channel.close()
 
 
@@ -1194,25 +1195,62 @@ class _Outbox:
 
     One pipe message per file (a write, a wake-up of the parent, a read and a pickle each way) was
     a sixth of the CPU of `pacs storescu -a 2` sending small objects. Results are held until there
-    are OUTBOX_SIZE of them, or until one comes OUTBOX_HOLD seconds or more after the last send (the
-    age is looked at as results come, with no timer of its own: results held before a long transfer
-    reach the parent, its progress bar and --journal, with the next one); anything else (the
-    association's start, a network error, the end, Ctrl-C) sends them at once, in order. A worker
-    killed outright loses what it held: the parent reports those files failed and a --journal
-    resends them, as it does the requests the worker had outstanding.
+    are OUTBOX_SIZE of them, or until one comes OUTBOX_HOLD seconds or more after the last send;
+    anything else (the association's start, a network error, the end, Ctrl-C) sends them at once,
+    in order. A thread of its own sends what is still held OUTBOX_HOLD after the last send: held
+    until the next result alone, results waited behind a long transfer (a large file, a slow link)
+    before the parent, its progress bar and --journal saw them. It wakes when a first result is
+    held and when the hold is up, not per file. A worker killed outright loses what it held: the
+    parent reports those files failed and a --journal resends them, as it does the requests the
+    worker had outstanding.
     """
 
     def __init__(self, channel, number: int) -> None:
         self.channel, self.number = channel, number
         self.held: list[tuple[str, object]] = []
         self.sent_at = time.monotonic()
+        self._lock = threading.Lock()
+        self._holding = threading.Event()  # a first result is held since the last send
+        self._closed = False
+        threading.Thread(target=self._send_when_due, name=f"pacs-outbox-{number}", daemon=True).start()
 
     def put(self, kind: str, payload) -> None:
-        self.held.append((kind, payload))
-        if kind != "result" or len(self.held) >= OUTBOX_SIZE or time.monotonic() - self.sent_at >= OUTBOX_HOLD:
-            self.channel.send((self.number, self.held))
-            self.held = []
-            self.sent_at = time.monotonic()
+        with self._lock:
+            self.held.append((kind, payload))
+            if kind != "result" or len(self.held) >= OUTBOX_SIZE or time.monotonic() - self.sent_at >= OUTBOX_HOLD:
+                self._send()
+            elif len(self.held) == 1:
+                self._holding.set()
+
+    def close(self) -> None:
+        """After the last put ("done", sent at once): the thread sends nothing more (the caller closes
+        the channel)."""
+        with self._lock:
+            self._closed = True
+        self._holding.set()  # the thread sees the close and ends
+
+    def _send(self) -> None:
+        self.channel.send((self.number, self.held))
+        self.held = []
+        self.sent_at = time.monotonic()
+
+    def _send_when_due(self) -> None:
+        while True:
+            self._holding.wait()
+            self._holding.clear()
+            time.sleep(max(0.0, self.sent_at + OUTBOX_HOLD - time.monotonic()))
+            with self._lock:
+                if self._closed:
+                    return
+                if not self.held:
+                    continue
+                if time.monotonic() - self.sent_at < OUTBOX_HOLD:  # sent meanwhile, then more held
+                    self._holding.set()
+                    continue
+                try:
+                    self._send()
+                except OSError:  # the parent is gone: the sending thread meets the same error and ends
+                    return
 
 
 OUTBOX_SIZE = 16  # results
