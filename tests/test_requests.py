@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -230,6 +232,53 @@ def test_store_file_arrives_byte_identical(pynetdicom_scp, tmp_path, monkeypatch
             assert rsp.Status == 0x0000 and rsp.MessageIDBeingRespondedTo == number
     assert received == [path.read_bytes()[split_dataset(path)[1]:] for path in paths]
     assert len(fast) == (0 if dimse_logging else len(paths))
+
+
+def test_the_waiting_thread_reads_its_own_responses_then_gives_the_socket_back(dcmtk_storescp, tmp_path):
+    """Against a peer that grants no window (DCMTK's storescp), each C-STORE-RSP is read by the thread
+    waiting for it, not handed over by the DUL thread; once sending ends the DUL thread reads again, so
+    the release completes."""
+    port, out = dcmtk_storescp
+    paths = [part10_file(tmp_path / f"{n}.dcm", pixel_bytes=5_000) for n in range(3)]
+    connection = Connection(Peer("127.0.0.1", port, "DCMTK-SCP"), "PACS", Timeouts(), 16384, None)
+    queued_by = []
+    with associate(connection, [build_context(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+        queue_put = assoc.dimse.msg_queue.put
+        assoc.dimse.msg_queue.put = lambda item, *args: queued_by.append(threading.get_ident()) or queue_put(item, *args)
+        with requests.sending(assoc):
+            for number, path in enumerate(paths, start=1):
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                request = requests.FileRequest(number, requests.LOW, ds.SOPClassUID, ds.SOPInstanceUID,
+                                               (str(path), split_dataset(path)[1]))
+                assert requests.store_file(assoc, assoc.accepted_contexts[0].context_id, request).Status == 0x0000
+            assert assoc.dul._lent
+        assert not assoc.dul._lent
+    assert assoc.is_released and not assoc.is_aborted
+    assert queued_by == [threading.get_ident()] * len(paths)
+    assert len(list(out.iterdir())) == len(paths)
+
+
+def test_a_response_that_never_comes_ends_the_wait_after_the_dimse_timeout(pynetdicom_scp, tmp_path):
+    """Read in the waiting thread or not, the wait for a C-STORE-RSP lasts -td, once: no answer, the
+    association aborted."""
+    answered = threading.Event()
+    port = pynetdicom_scp(contexts=[CTImageStorage],
+                          handlers=[(evt.EVT_C_STORE, lambda event: answered.wait(5) and 0x0000)])
+    path = part10_file(tmp_path / "slow.dcm", pixel_bytes=1_000)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    connection = Connection(Peer("127.0.0.1", port, "PYNETDICOM"), "PACS", Timeouts(dimse=0.5), 16384, None)
+    try:
+        with associate(connection, [build_context(CTImageStorage, ExplicitVRLittleEndian)]) as assoc, \
+                requests.sending(assoc):
+            request = requests.FileRequest(1, requests.LOW, ds.SOPClassUID, ds.SOPInstanceUID,
+                                           (str(path), split_dataset(path)[1]))
+            started = time.monotonic()
+            assert requests.store_file(assoc, assoc.accepted_contexts[0].context_id, request) is None
+            waited = time.monotonic() - started
+    finally:
+        answered.set()
+    assert 0.5 <= waited < 0.9, waited
+    assert assoc.is_aborted
 
 
 # --- the scan that finds each file's UIDs and dataset offset ---------------------------------------------

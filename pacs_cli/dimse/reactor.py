@@ -34,6 +34,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -324,7 +325,7 @@ class EventDrivenDUL(DULServiceProvider):
             try:
                 if self._send_pdata_directly():
                     continue
-                if not self._process_recv_primitive() and self._is_transport_event():
+                if not self._process_recv_primitive() and self._read_unless_lent():
                     self._idle_timer.restart()
             except Exception as exc:  # noqa: BLE001 - as pynetdicom: abort rather than die silently
                 self._abort_after(exc)
@@ -391,6 +392,70 @@ class EventDrivenDUL(DULServiceProvider):
     def _send_lock(self) -> threading.RLock:
         return self.socket.send_lock
 
+    def _read_unless_lent(self) -> bool:
+        """pynetdicom's look for a PDU, unless a thread waiting for a message reads them itself."""
+        if self._lent:
+            return False
+        with self._reading:
+            return not self._lent and self._is_transport_event()
+
+    def read_until_message(self, messages: queue.Queue, timeout: float | None) -> float:
+        """Read the peer's PDUs in the calling thread until ``messages`` has one or ``timeout``
+        seconds have passed; the seconds spent (0 where the DUL thread must read them).
+
+        A thread waiting for a response (a sender whose peer grants no window: each file waits for
+        the last one's answer) was woken by the DUL thread, itself woken by the peer: two thread
+        hand-overs per object. Here the waiting thread reads the socket itself, and the socket
+        stays lent to it until :meth:`return_socket` (the end of ``requests.sending``): the DUL
+        thread leaves it out of its wait meanwhile, so it is not woken for each response either.
+        Only P-DATA-TF PDUs in the data transfer state are read here, taken as the DUL takes them;
+        anything else (an A-ABORT, a closed connection, a state change) gives the socket back to the
+        DUL thread, whose answer the caller then waits for, as do TLS (an SSL connection is read and
+        written by one thread) and -vv's PDU handlers.
+        """
+        if not self._may_lend():
+            self.return_socket()
+            return 0.0
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        self._lent = True
+        self._lends += 1
+        with self._reading:
+            while not messages.queue and self._may_lend() and self._peer_readable(deadline):
+                self._read_pdu_data()
+                self._idle_timer.restart()
+        if not messages.queue:
+            self.return_socket()
+        return time.monotonic() - started
+
+    def _may_lend(self) -> bool:
+        socket_ = self.socket
+        return (socket_ is not None and socket_.socket is not None and not socket_.over_tls
+                and not self._kill_thread and not self.assoc.dimse._ready and self._takes_pdata_directly())
+
+    def _peer_readable(self, deadline: float | None) -> bool:
+        """Wait for the peer's bytes until ``deadline``; False when none came by then."""
+        if self.socket.read_ahead:
+            return True
+        left = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+        poller = select.poll()
+        poller.register(self.socket.socket, select.POLLIN)
+        try:
+            return bool(poller.poll(left))
+        except (OSError, ValueError):
+            return False
+
+    def return_socket(self) -> None:
+        """The DUL thread reads the peer again (and looks at it anew: what its last wait saw may be
+        read already)."""
+        if not self._lent:
+            return
+        with self._reading:
+            self._lent = False
+            self._lends += 1
+            self.socket.polled_readable = False
+        self._wakeup.set()
+
     def _read_pdu_data(self) -> None:
         """pynetdicom's read of one PDU, with P-DATA-TF in the data transfer state taken directly.
 
@@ -439,8 +504,8 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error("Unable to decode the received PDU data: %s", exc)
             self.event_queue.put("Evt19")
             return
+        self._recv_pdu.put(pdu)  # first: read by a borrowing thread, the event may be acted on at once
         self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
 
     def _takes_pdata_directly(self) -> bool:
         assoc = self.assoc
@@ -489,6 +554,10 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _wait_for_work(self) -> None:
         """Block until the peer sends, a primitive is queued, or the ARTIM timer runs out."""
+        lends = self._lends
+        if self._lent:
+            self._wait_for_wakeup()
+            return
         if self.socket is not None and self.socket.read_ahead:
             return  # the next PDU has come already
         if self.assoc.dimse._ready:  # stores held to be stored together: read on while the peer sends
@@ -503,10 +572,18 @@ class EventDrivenDUL(DULServiceProvider):
         woken = dict(poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000))
         if self._wakeup.fileno() in woken:
             self._wakeup.drain()  # only then: an empty drain is a system call and an exception
-        if peer is not None and woken.get(peer.fileno(), 0) & select.POLLIN:
+        if peer is not None and woken.get(peer.fileno(), 0) & select.POLLIN and self._lends == lends:
             # one poll per wait, not a second one in ``ready``; POLLIN only: a socket not connected
-            # yet reports POLLHUP, and a flag left from then made a silent peer's first read block
+            # yet reports POLLHUP, and a flag left from then made a silent peer's first read block;
+            # not when the socket was lent meanwhile: the borrower may have read what was there
             self.socket.polled_readable = True
+
+    def _wait_for_wakeup(self) -> None:
+        """:meth:`_wait_for_work` while the socket is lent: queued work, or the ARTIM timer."""
+        poller = select.poll()
+        poller.register(self._wakeup, select.POLLIN)
+        if poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000):
+            self._wakeup.drain()
 
     def kill_dul(self) -> None:
         self._kill_thread = True
@@ -659,6 +736,9 @@ def install(assoc: Association, dul_class: type[EventDrivenDUL] = EventDrivenDUL
     assoc._reacting = False
     dul._wakeup = WakeupSocket()
     dul.state_changed = threading.Event()
+    dul._reading = threading.Lock()  # held by whichever thread reads the peer's PDUs
+    dul._lent = False  # a thread waiting for a message reads them (EventDrivenDUL.read_until_message)
+    dul._lends = 0  # counts lendings and returns: the DUL's wait tells a stale readiness by it
     wake_dul, wake_assoc = dul._wakeup.set, _setter(assoc._wake)
     dul.to_provider_queue = SignallingQueue(wake_dul, dul.to_provider_queue.queue)
     dul.event_queue = SignallingQueue(wake_dul, dul.event_queue.queue)

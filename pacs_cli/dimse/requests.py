@@ -20,6 +20,7 @@ the PDUs against pynetdicom's encoder.
 from __future__ import annotations
 
 import os
+import queue
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def send_store_request(assoc, context_id: int, request: FileRequest) -> None:
 def next_response(assoc):
     """The next response the peer sent, or None, with pynetdicom's own reactions kept: no response
     aborts the association unless it has ended, and an invalid one is logged and aborts it."""
-    _, response = assoc.dimse.get_msg(block=True)
+    _, response = take_message(assoc)
     if response is None:
         assoc._handle_no_response()
         return None
@@ -222,6 +223,19 @@ def next_response(assoc):
         assoc._check_received_status(response)
         return None
     return response
+
+
+def take_message(assoc) -> tuple:
+    """pynetdicom's ``dimse.get_msg(block=True)``, the peer's PDUs read in this thread while the DUL
+    lends it its socket (:meth:`~pacs_cli.dimse.reactor.EventDrivenDUL.read_until_message`): the
+    same (context ID, message), or (None, None) after an abort or ``dimse_timeout`` seconds."""
+    dimse = assoc.dimse
+    timeout = dimse.dimse_timeout
+    waited = assoc.dul.read_until_message(dimse.msg_queue, timeout)
+    try:
+        return dimse.msg_queue.get(timeout=None if timeout is None else max(0.0, timeout - waited))
+    except queue.Empty:
+        return None, None
 
 
 def _primitive(request: FileRequest) -> C_STORE:
@@ -245,11 +259,13 @@ def sending(assoc) -> Iterator[None]:
     the queue, and resume it after: two wake-ups of its thread per object, measured at 7% of the
     CPU per small object. A storage SCU's peer sends nothing but answers meanwhile (and aborts,
     which reach the waiting thread as no response); resuming at the end lets the reactor handle
-    whatever came, and the release.
+    whatever came, and the release. The peer's socket, lent to this thread while it waits for
+    responses (:func:`take_message`), goes back to the DUL thread then too.
     """
     try:
         yield
     finally:
+        assoc.dul.return_socket()
         assoc._reactor_checkpoint.set()
 
 
