@@ -13,7 +13,9 @@ data transfer state: received ones go straight to :mod:`~pacs_cli.dimse.receive`
 C-STOREs are answered in this thread when the association's is idle, or by
 :meth:`EventDrivenAssociation._serve_request`), and sent ones are encoded and written here
 (:meth:`EventDrivenDUL._send_pdata_directly`) or, when nothing is queued before them, by the thread
-that sends them (:meth:`EventDrivenDUL.write_pdata`), the state machine having nothing to do for them.
+that sends them (:meth:`EventDrivenDUL.write_pdata`), the state machine having nothing to do for them;
+a thread that sends requests and waits for each response reads the responses itself, the DUL thread
+having lent it the socket (:meth:`EventDrivenDUL.read_until_message`).
 :func:`install` swaps the queues and the classes of one association before its threads start,
 for requestors (:class:`~pacs_cli.dimse.ae.RequestorAE`) and acceptors (the server's request
 handler) alike.

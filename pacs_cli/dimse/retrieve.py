@@ -60,6 +60,7 @@ from pacs_cli.config import PeerEntry as Destination  # a C-MOVE destination is 
 from pacs_cli.dimse import status as statuses
 from pacs_cli.dimse.find import Model, Refused, TRANSFER_SYNTAXES, check_request
 from pacs_cli.dimse.substore import StoredInstance
+from pacs_cli.options import DEFAULT_MAX_PDU
 
 log = logging.getLogger("pacs_cli.retrieve")
 
@@ -89,7 +90,7 @@ def retrieve_contexts():
 @dataclass(frozen=True)
 class RetrieveOptions:
     destinations: Mapping[str, Destination]  # by AE title
-    max_pdu: int = 262144  # for the C-MOVE sub-association
+    max_pdu: int = DEFAULT_MAX_PDU  # for the C-MOVE sub-association
 
 
 # --- the SCP ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from pacs_cli.dimse.ae import RequestorAE, make_ae, nodelay
 from pacs_cli.errors import PacsError
 from pacs_cli.audit import AuditLog
 from pacs_cli.hooks import EventLog
-from pacs_cli.options import AccessPolicy, Listener
+from pacs_cli.options import DEFAULT_MAX_PDU, AccessPolicy, Listener
 
 log = logging.getLogger("pacs_cli.scp")
 
@@ -204,7 +204,7 @@ class GuardedSocket(reactor.PollReadySocket):
     dropped. Raising OSError makes pynetdicom close the connection as for any transport error.
     """
 
-    max_pdu = 262144
+    max_pdu = DEFAULT_MAX_PDU
     pdu_deadline = 30.0
     _pdu_type = None
 
