@@ -219,7 +219,9 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path, watched_scp):
         sources[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID] = path
     journal = tmp_path / "sent.jsonl"
     port = free_port()
-    scp = watched_scp(port=port)
+    # Each object waits 2 ms in staging before it is stored: received that fast, the objects left no
+    # staged file long enough to be seen, and a kill meant for mid-ingest could come after the last one.
+    scp = watched_scp("--fault-delay", "0.002", port=port)
     for kill in range(3):
         before = len(journal_uids(journal))
         more, delay = rng.randint(4, 16), rng.uniform(0.0, 0.01)

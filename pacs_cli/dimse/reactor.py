@@ -337,7 +337,9 @@ class EventDrivenDUL(DULServiceProvider):
             except queue.Empty:
                 self._wait_for_work()
                 continue
-            with self._send_lock:  # an action may take a P-DATA primitive off the queue and send it
+            # an action may take a P-DATA primitive off the queue and send it, or close the socket a
+            # thread it is lent to reads (read_until_message): it waits for that read to end
+            with self._send_lock, self._reading:
                 self.state_machine.do_action(event)
             self.state_changed.set()
             if self.state_machine.current_state == "Sta1":
@@ -436,15 +438,16 @@ class EventDrivenDUL(DULServiceProvider):
                 and not self._kill_thread and not self.assoc.dimse._ready and self._takes_pdata_directly())
 
     def _peer_readable(self, deadline: float | None) -> bool:
-        """Wait for the peer's bytes until ``deadline``; False when none came by then."""
+        """Wait for the peer's bytes until ``deadline``; False when none came by then, or the DUL
+        thread closed the connection meanwhile."""
         if self.socket.read_ahead:
             return True
         left = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-        poller = select.poll()
-        poller.register(self.socket.socket, select.POLLIN)
         try:
+            poller = select.poll()
+            poller.register(self.socket.socket, select.POLLIN)
             return bool(poller.poll(left))
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # TypeError: the socket is None once closed
             return False
 
     def return_socket(self) -> None:
