@@ -18,7 +18,7 @@ from pacs_cli.errors import UsageError
 
 # 128 KiB, DCMTK's largest: large enough to stream, small enough to bound memory. At 256 KiB a
 # receiver's kernel time was higher (this VM: a 268 MB object from `pacs storescu` 0.40 s against 0.32,
-# 1,000 CT images 0.68 s against 0.60, medians of balanced pairs; bench/README.md).
+# 500 CT images 0.68 s against 0.61, medians of balanced pairs; bench/README.md).
 DEFAULT_MAX_PDU = 131072
 MIN_PDU, MAX_PDU = 4096, 16 * 1024 * 1024
 

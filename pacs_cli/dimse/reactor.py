@@ -422,8 +422,9 @@ class EventDrivenDUL(DULServiceProvider):
             return 0.0
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        self._lent = True
-        self._lends += 1
+        if not self._lent:
+            self._lent = True
+            self._lends += 1
         with self._reading:
             while not messages.queue and self._may_lend() and self._peer_readable(deadline):
                 self._read_pdu_data()
@@ -438,8 +439,8 @@ class EventDrivenDUL(DULServiceProvider):
                 and not self._kill_thread and not self.assoc.dimse._ready and self._takes_pdata_directly())
 
     def _peer_readable(self, deadline: float | None) -> bool:
-        """Wait for the peer's bytes until ``deadline``; False when none came by then, or the DUL
-        thread closed the connection meanwhile."""
+        """Wait for the peer's bytes until ``deadline``; False when none came by then. Called holding
+        ``_reading``, which the state machine's actions (those that close the socket) wait for."""
         if self.socket.read_ahead:
             return True
         left = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
@@ -447,7 +448,7 @@ class EventDrivenDUL(DULServiceProvider):
             poller = select.poll()
             poller.register(self.socket.socket, select.POLLIN)
             return bool(poller.poll(left))
-        except (OSError, ValueError, TypeError):  # TypeError: the socket is None once closed
+        except (OSError, ValueError):
             return False
 
     def return_socket(self) -> None:
@@ -559,19 +560,16 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _wait_for_work(self) -> None:
         """Block until the peer sends, a primitive is queued, or the ARTIM timer runs out."""
-        lends = self._lends
-        if self._lent:
-            self._wait_for_wakeup()
-            return
-        if self.socket is not None and self.socket.read_ahead:
+        lends, lent = self._lends, self._lent  # lent: the peer's bytes are another thread's to wait for
+        if not lent and self.socket is not None and self.socket.read_ahead:
             return  # the next PDU has come already
-        if self.assoc.dimse._ready:  # stores held to be stored together: read on while the peer sends
+        if not lent and self.assoc.dimse._ready:  # stores held to be stored together: read on while the peer sends
             if self.socket is None or not self.socket.more_to_read():
                 self.assoc.dimse.serve_ready()  # nothing waits for the peer while they wait for their answers
             return
         poller = select.poll()
         poller.register(self._wakeup, select.POLLIN)
-        peer = self.socket.socket if self.socket is not None else None
+        peer = self.socket.socket if self.socket is not None and not lent else None
         if peer is not None and peer.fileno() >= 0:
             poller.register(peer, select.POLLIN)
         woken = dict(poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000))
@@ -582,13 +580,6 @@ class EventDrivenDUL(DULServiceProvider):
             # yet reports POLLHUP, and a flag left from then made a silent peer's first read block;
             # not when the socket was lent meanwhile: the borrower may have read what was there
             self.socket.polled_readable = True
-
-    def _wait_for_wakeup(self) -> None:
-        """:meth:`_wait_for_work` while the socket is lent: queued work, or the ARTIM timer."""
-        poller = select.poll()
-        poller.register(self._wakeup, select.POLLIN)
-        if poller.poll(min(IDLE_CHECK, _artim_left(self.artim_timer)) * 1000):
-            self._wakeup.drain()
 
     def kill_dul(self) -> None:
         self._kill_thread = True

@@ -845,7 +845,6 @@ class Pipeline:
     def _store_decoded(self, item: Item, dataset, route: Route) -> FileResult:
         """A decoded dataset, sent by pynetdicom, its response awaited."""
         self.assoc.dimse_timeout = self.connection.timeouts.dimse + item.size / SLOWEST_RATE
-        self.assoc.dul.return_socket()  # pynetdicom waits for the DUL thread to read the response
         started = time.monotonic()
         try:
             rsp = self.assoc.send_c_store(dataset, msg_id=self.msg_id)

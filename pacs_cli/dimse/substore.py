@@ -52,6 +52,7 @@ class SendsStoredFiles:
     """
 
     def send_c_store(self, dataset, msg_id=1, priority=2, originator_aet=None, originator_id=None):
+        self.dul.return_socket()  # lent to a sender (requests.take_message): pynetdicom waits for the DUL to read
         if not isinstance(dataset, StoredInstance):
             return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
         try:
