@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 import pacs_cli.archive
-from pacs_cli.archive import Archive, NotFound, schema
-from pacs_cli.archive.index import WRITER_CHECKPOINT_PAGES, Index
+from pacs_cli.archive import Archive, NotFound, StoreOutcome, StoreRequest, schema
+from pacs_cli.archive.header import read_header
+from pacs_cli.archive.index import WRITER_CHECKPOINT_PAGES, FileInfo, Index
 from test_archive_support import (
-    MR_IMAGE, TEST_FILES, archived_files, count, dataset, part10, rows, store, write_file,
+    MR_IMAGE, TEST_FILES, archived_files, count, dataset, part10, rows, stage, store, write_file,
 )
 
 PACKAGE = Path(pacs_cli.archive.__file__).parent
@@ -181,30 +182,53 @@ def assert_counts_equal_a_recount(archive) -> None:
     assert derived(archive.db_path) == kept
 
 
+@pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("phase", ["new instances only", "then replacements and moves"])
-def test_counts_kept_per_store_equal_a_full_recount(tmp_path, phase):
-    """Stores count one more instance without recounting the study; whatever mix of new instances,
-    replacements and instances moving to another series, study or patient, the derived columns must
-    be what recounting everything gives."""
+def test_counts_kept_per_store_equal_a_full_recount(tmp_path, phase, batch):
+    """Stores count the instances they add without recounting the study, once per transaction;
+    whatever mix of new instances, replacements and instances moving to another series, study or
+    patient, one store per transaction or several (a batch may hold one instance twice), the
+    derived columns must be what recounting everything gives."""
     import random
 
     rng = random.Random(7)
     archive = Archive.open(tmp_path / "archive", on_duplicate="replace")
 
-    def store_one(uid: str) -> None:
+    def one(uid: str):
         study = rng.choice(["1.2.3", "1.2.4", "1.2.5"])
         modality, sop_class = rng.choice([("CT", "1.2.840.10008.5.1.4.1.1.2"), ("MR", MR_IMAGE), ("", MR_IMAGE)])
         patient = {"1.2.3": "P1", "1.2.4": "P1", "1.2.5": rng.choice(["P2", "P3"])}[study]
-        store(archive, dataset(uid, patient_id=patient, study=study, series=f"{study}.{rng.choice([1, 2])}",
-                               modality=modality, sop_class=sop_class))
+        return dataset(uid, patient_id=patient, study=study, series=f"{study}.{rng.choice([1, 2])}",
+                       modality=modality, sop_class=sop_class)
 
-    for n in range(60):
-        store_one(f"1.9.{n}")
+    def store_all(uids: list[str]) -> None:
+        for start in range(0, len(uids), batch):
+            datasets = [one(uid) for uid in uids[start:start + batch]]
+            requests = [StoreRequest(str(stage(archive, ds)), "SCU", ds.SOPClassUID, ds.SOPInstanceUID)
+                        for ds in datasets]
+            assert all(isinstance(r, StoreOutcome) for r in archive.store_files(requests))
+
+    store_all([f"1.9.{n}" for n in range(60)])
     if phase != "new instances only":
-        for _ in range(100):
-            store_one(f"1.9.{rng.randrange(80)}")
+        store_all([f"1.9.{rng.randrange(80)}" for _ in range(100)])
     assert_counts_equal_a_recount(archive)
     archive.close()
+
+
+def test_a_part_undone_counts_nothing(archive, tmp_path):
+    """A store refused inside a batch's transaction (its savepoint rolled back) adds nothing to the
+    counts its rows would have changed, though they are applied only at the COMMIT."""
+    first, undone = (read_header(write_file(dataset(uid, series=series), tmp_path / f"{uid}.dcm")).values
+                     for uid, series in (("1.1", "1.2.3.4"), ("1.2", "1.2.3.9")))
+    with archive.index.write() as tx:
+        tx.put(first, FileInfo("a.dcm", 1, 0))
+        with pytest.raises(RuntimeError), tx.savepoint():
+            tx.put(undone, FileInfo("b.dcm", 1, 0))
+            raise RuntimeError("refused after its rows were written")
+    [study] = rows(archive.db_path, "studies")
+    assert (study["number_of_study_related_series"], study["number_of_study_related_instances"]) == (1, 1)
+    assert [s["number_of_series_related_instances"] for s in rows(archive.db_path, "series")] == [1]
+    assert_counts_equal_a_recount(archive)
 
 
 def test_empty_values_do_not_erase_what_an_earlier_instance_said(archive):
