@@ -35,7 +35,7 @@ from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from pacs_cli.archive.schema import BY_KEYWORD, READ_KEYWORDS
-from pacs_cli.vrs import LONG_LENGTH_VR_BYTES, TEXT_VRS
+from pacs_cli.vrs import LONG_LENGTH_VR_BYTES, SHORT_LENGTH_VR_BYTES, TEXT_VRS
 
 # Enough for any real header; Pixel Data follows it and is never needed.
 DEFLATED_HEADER_CAP = 16 * 1024 * 1024
@@ -189,6 +189,7 @@ def quiet_pydicom():
 # --- the fast scan -------------------------------------------------------------------------------------
 
 INDEX_TEXT_VRS = TEXT_VRS | {"UI"}  # the values the index keeps, as text
+INDEX_TEXT_VR_BYTES = frozenset(vr.encode("ascii") for vr in INDEX_TEXT_VRS)
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 META_KEYWORDS = {"TransferSyntaxUID": 0x00020010, "MediaStorageSOPClassUID": 0x00020002}
@@ -270,41 +271,62 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
     """Top-level values of ``wanted`` tags, walking up to Pixel Data or the end of the file.
 
     An element whose declared length runs past the end of the file is a truncated object (a sender
-    that lost its data, or a hostile length): refused here rather than stored as if whole.
+    that lost its data, or a hostile length): refused here rather than stored as if whole. The loop
+    runs once per element of every stored object, so it does each test once (a VR's header length
+    from a table) and takes each wanted text value in place.
     """
     found = {}
-    while pos < size:  # _value_start inlined: this loop runs once per element of every stored object
+    unpack_explicit, unpack_implicit, unpack_length = (
+        _TAG_VR_SHORT.unpack_from, _TAG_LENGTH.unpack_from, _LENGTH.unpack_from)
+    while pos < size:
         if explicit:
-            group, element, vr, length = _TAG_VR_SHORT.unpack_from(data, pos)
-            if vr in LONG_LENGTH_VR_BYTES:
-                length = _LENGTH.unpack_from(data, pos + 8)[0]
-                pos += 12
-            elif vr.isalpha() and vr.isupper():
-                pos += 8
-            else:
-                raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
+            group, element, vr, length = unpack_explicit(data, pos)
+            header = _EXPLICIT_HEADER.get(vr) or _explicit_header(vr)
+            if header == 12:
+                length = unpack_length(data, pos + 8)[0]
+            pos += header
         else:
-            group, element, length = _TAG_LENGTH.unpack_from(data, pos)
+            group, element, length = unpack_implicit(data, pos)
             vr = None
             pos += 8
         tag = group << 16 | element
-        if length != UNDEFINED and pos + length > size:
-            raise BadHeader(f"element ({group:04X},{element:04X}) declares {length} bytes, "
-                            f"{max(size - pos, 0)} are left in the dataset")
-        if tag in PIXEL_TAGS:
-            return found
         if length == UNDEFINED:
+            if tag in PIXEL_TAGS:
+                return found
             pos = _walk_sequence(data, pos, explicit and vr != b"UN", None)
             continue
-        if vr == b"SQ" or vr is None and _is_sequence(tag, vr, explicit):
-            pos = _walk_sequence(data, pos, explicit, pos + length)
+        end = pos + length
+        if end > size:
+            raise BadHeader(f"element ({group:04X},{element:04X}) declares {length} bytes, "
+                            f"{max(size - pos, 0)} are left in the dataset")
+        if vr == b"SQ":
+            pos = _walk_sequence(data, pos, explicit, end)
             continue
-        if tag in wanted:
-            if explicit and vr.decode("ascii", "replace") not in INDEX_TEXT_VRS:
+        if tag in wanted:  # text by the dictionary (_wanted_tags): never a sequence in implicit VR
+            if explicit and vr not in INDEX_TEXT_VR_BYTES:
                 raise _Unscannable
-            found[tag] = _text(data, pos, length)
-        pos += length
+            value = data[pos:end]
+            if end > len(data) or not value.isascii() or b"\x1b" in value:
+                raise _Unscannable  # as in _text
+            found[tag] = value.decode("ascii")
+        elif tag in PIXEL_TAGS:
+            return found
+        elif vr is None and _is_sequence(tag, vr, explicit):
+            pos = _walk_sequence(data, pos, explicit, end)
+            continue
+        pos = end
     return found
+
+
+# The header length of an explicit VR element by its VR's bytes (PS3.5 7.1.2), for the known VRs.
+_EXPLICIT_HEADER = {**dict.fromkeys(LONG_LENGTH_VR_BYTES, 12), **dict.fromkeys(SHORT_LENGTH_VR_BYTES, 8)}
+
+
+def _explicit_header(vr: bytes) -> int:
+    """An unknown VR's header length: a short one if it looks like a VR, else the bytes are not one."""
+    if vr.isalpha() and vr.isupper():
+        return 8
+    raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
 
 
 def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -> tuple[int, int]:

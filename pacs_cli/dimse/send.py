@@ -59,7 +59,7 @@ from pacs_cli.errors import (
     AssociationAborted, AssociationRejected, NetworkError, NetworkTimeout, NoAcceptableContexts, PacsError,
 )
 from pacs_cli.options import Connection
-from pacs_cli.vrs import LONG_LENGTH_VR_BYTES
+from pacs_cli.vrs import LONG_LENGTH_VR_BYTES, SHORT_LENGTH_VR_BYTES
 
 log = logging.getLogger("pacs_cli.storescu")
 
@@ -82,9 +82,6 @@ MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x00020002, 0
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 QUICK_UIDS = {MEDIA_SOP_CLASS_UID, MEDIA_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID, SOP_CLASS_UID, SOP_INSTANCE_UID}
 QUICK_HEADER_BYTES = 4096  # holds the File Meta and the elements up to (0008,0018) of a usual file
-# PS3.5 7.1.2: explicit VRs whose length takes 2 bytes (pacs_cli.vrs has those taking 4).
-SHORT_LENGTH_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 UNDEFINED_LENGTH = 0xFFFFFFFF
 _EXPLICIT_HEADER = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (PS3.5 7.1.2)
 _UL = struct.Struct("<L")
@@ -436,7 +433,7 @@ def _ui_values(data: bytes, position: int, implicit: bool, stop) -> tuple[dict |
             (length,), start, vr = _UL.unpack_from(data, position + 4), position + 8, b"UI"
         elif vr in LONG_LENGTH_VR_BYTES and position + 12 <= len(data):
             (length,), start = _UL.unpack_from(data, position + 8), position + 12
-        elif vr in SHORT_LENGTH_VRS:
+        elif vr in SHORT_LENGTH_VR_BYTES:
             length, start = short_length, position + 8
         else:
             break
