@@ -154,8 +154,8 @@ def test_a_peer_maximum_smaller_than_the_command_fragments_it_as_pynetdicom_does
 def test_reads_that_fall_short_are_continued(tmp_path, monkeypatch):
     primitive = request(file_with_dataset(tmp_path, 300_000), 300)
     expected = pynetdicom_pdus(primitive, 16384)
-    readv = os.readv
-    monkeypatch.setattr(os, "readv", lambda fd, buffers: readv(fd, [buffers[0][:1000]]))
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: preadv(fd, [buffers[0][:1000]], offset))
     assert our_pdus(primitive, 16384) == expected
 
 

@@ -58,6 +58,7 @@ class FileRequest:
     _dataset_path: tuple[str, int]
     MoveOriginatorApplicationEntityTitle: str | None = None
     MoveOriginatorMessageID: int | None = None
+    scanned_size: int | None = None  # the file's size when it was scanned: it must not have changed since
 
 
 def c_store_rq_command(primitive: C_STORE | FileRequest) -> bytes:
@@ -93,22 +94,30 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
     length allows (PS3.8 9.3.5), the whole part when the peer set no maximum. They are written a read
     at a time, the command's with the first: one system call for a small object, where there were
     two. Packing the command's end and the dataset's start into one PDU, as dcm4che does, measured no
-    cheaper, so it is not done.
+    cheaper, so it is not done. A file whose size differs from ``scanned_size`` (a spool writer still
+    writing it) sends nothing: checked on the descriptor the file is read through, with positioned
+    reads, three system calls fewer per file than a path ``stat``, a file object and a seek.
     """
     limit, dul = dimse.maximum_pdu_size, dimse.dul
     if 0 < limit <= PDV_OVERHEAD:
         raise ValueError(f"the peer's maximum PDU length ({limit} bytes) leaves no room for data")
     command = c_store_rq_command(primitive)
     path, offset = primitive._dataset_path
-    with open(path, "rb", buffering=0) as file:  # opened first: a file that cannot be opened sends nothing
-        length = os.fstat(file.fileno()).st_size - file.seek(offset)
+    fd = os.open(path, os.O_RDONLY)  # opened first: a file that cannot be opened sends nothing
+    try:
+        size = os.fstat(fd).st_size
+        scanned = getattr(primitive, "scanned_size", None)
+        if scanned is not None and size != scanned:
+            raise OSError(0, f"the file changed size since it was scanned ({scanned} -> {size} bytes)")
         pdus = [[(context_id, value)] for value in part_pdvs(command, limit)]
         try:
-            for values in dataset_pdvs(file, length, limit):
+            for values in dataset_pdvs(fd, offset, size - offset, limit):
                 send_pdus(dul, pdus + [[(context_id, value)] for value in values])
                 pdus = []
         except OSError as exc:
             raise MessageCutShort(exc.errno, exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
 
 
 def part_pdvs(part: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:
@@ -119,8 +128,9 @@ def part_pdvs(part: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:
         yield bytes((kind | LAST if start + size >= len(part) else kind,)) + part[start:start + size]
 
 
-def dataset_pdvs(file, length: int, limit: int) -> Iterator[list[memoryview]]:
-    """The PDV values of the ``length`` dataset bytes that follow in ``file``, a read's worth at a time.
+def dataset_pdvs(fd: int, offset: int, length: int, limit: int) -> Iterator[list[memoryview]]:
+    """The PDV values of the ``length`` dataset bytes at ``offset`` in the file open as ``fd``, a read's
+    worth at a time.
 
     Each fragment is read into the buffer that is sent, behind its header byte, rather than read and
     then copied behind it; the fragments of up to 256 KiB are read in one system call (measured: a
@@ -147,23 +157,26 @@ def dataset_pdvs(file, length: int, limit: int) -> Iterator[list[memoryview]]:
             start += count + 1
         if remaining == 0:
             values[-1][0] = DATA | LAST
-        _read_into(file, values)
+        offset = _read_into(fd, offset, values)
         yield values
         if remaining == 0:
             return
 
 
-def _read_into(file, values: list[memoryview]) -> None:
-    """Fill each value after its header byte, however the reads fall short (a read stops at 2 GiB)."""
+def _read_into(fd: int, offset: int, values: list[memoryview]) -> int:
+    """Fill each value after its header byte from ``offset`` on, however the reads fall short (a read
+    stops at 2 GiB); the offset after them. Positioned reads: no seek per file."""
     views = [value[1:] for value in values if len(value) > 1]
     while views:
-        count = os.readv(file.fileno(), views)
+        count = os.preadv(fd, views, offset)
         if count == 0:
             raise OSError(0, "the file became shorter while it was sent")
+        offset += count
         while views and count >= len(views[0]):
             count -= len(views.pop(0))
         if count:
             views[0] = views[0][count:]
+    return offset
 
 
 def send_pdus(dul, pdus: list[list[tuple[int, bytes | memoryview]]]) -> None:

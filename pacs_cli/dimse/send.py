@@ -818,17 +818,17 @@ class Pipeline:
         direct = not _decoded(item, route)
         if route.conversion is None and not item.chunked:
             route = Route(route.syntax, "decoded")  # a raw dataset, or meta UIDs that contradict the dataset
-        try:
-            dataset = None if direct else prepare(item, route)
-            _check_unchanged(item)
-        except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
-            verb = "read" if direct else VERBS[route.conversion]
-            return _failed(item, f"cannot {verb} the file", _exception_text(exc))
+        if not direct:  # sent from disk, the file's size is checked as it is opened (send_file_request)
+            try:
+                dataset = prepare(item, route)
+                _check_unchanged(item)
+            except Exception as exc:  # noqa: BLE001 - a file we cannot read or convert fails alone
+                return _failed(item, f"cannot {VERBS[route.conversion]} the file", _exception_text(exc))
         self.msg_id = self.msg_id % 65535 + 1  # PS3.7 E.1: Message ID is a US
         if not direct:
             return self._store_decoded(item, dataset, route)
         request = requests.FileRequest(self.msg_id, requests.LOW, item.sop_class, item.sop_instance,
-                                       (item.path, item.offset))
+                                       (item.path, item.offset), scanned_size=item.size)
         try:
             requests.send_store_request(self.assoc, route.context_id, request)
         except requests.MessageCutShort as exc:
