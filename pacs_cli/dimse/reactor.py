@@ -389,7 +389,7 @@ class EventDrivenDUL(DULServiceProvider):
     def _pdata_skips_state_machine(self) -> bool:
         """DT-1 only sends the PDU in the data transfer state with no event waiting before it; a
         handler of PDU events (-vv) needs pynetdicom's PDU object."""
-        return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
+        return (self.state_machine.current_state == "Sta6" and not self.event_queue.queue
                 and not self.assoc.get_handlers(evt.EVT_PDU_SENT))
 
     @property
@@ -514,8 +514,10 @@ class EventDrivenDUL(DULServiceProvider):
         self.event_queue.put(event)
 
     def _takes_pdata_directly(self) -> bool:
+        """Whether DT-2 may be skipped for a P-DATA-TF PDU; asked twice per PDU on both sides, so the
+        event queue is looked at without its lock (a deque's length, as ``Queue.empty`` reads it)."""
         assoc = self.assoc
-        return (self.state_machine.current_state == "Sta6" and self.event_queue.empty()
+        return (self.state_machine.current_state == "Sta6" and not self.event_queue.queue
                 and not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(evt.EVT_PDU_RECV))
 
     def _receive_pdata(self, body: memoryview) -> None:
