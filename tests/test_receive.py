@@ -172,10 +172,11 @@ def recv_exactly(sock: socket.socket, count: int) -> bytes:
     return data
 
 
-def associated(port: int) -> socket.socket:
-    """A connection with context 1 accepted for CT Image Storage in Explicit VR Little Endian."""
+def associated(port: int, window: int | None = 16) -> socket.socket:
+    """A connection with context 1 accepted for CT Image Storage in Explicit VR Little Endian, asking to
+    have ``window`` requests outstanding, as `pacs storescu` does (these peers send ahead)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(pdus.associate_rq([pdus.presentation_context(1, CT_IMAGE.encode(), [EXPLICIT_LE])]))
+    sock.sendall(pdus.associate_rq([pdus.presentation_context(1, CT_IMAGE.encode(), [EXPLICIT_LE])], window=window))
     kind, _ = read_pdu(sock)
     assert kind == 0x02  # A-ASSOCIATE-AC
     return sock

@@ -42,6 +42,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.utils import set_uid
 
 from pacs_cli.archive.header import SCAN_BYTES, StagedHead
+from pacs_cli.dimse import window
 from pacs_cli.dimse.encoding import element, text_value, ui_value
 from pacs_cli.dimse.responses import FastResponseDIMSE
 
@@ -461,12 +462,23 @@ class StagingDIMSE(FastResponseDIMSE):
                 self._serve_ready_now()
                 return serve_staged(assoc, primitive, primitive._context_id)
             self._ready.append(primitive)
-            if len(self._ready) < MAX_BATCH and self.dul.socket.more_to_read():
+            if len(self._ready) < self._batch_limit() and self.dul.socket.more_to_read():
                 return True
             self._serve_ready_now()
             return True
         finally:
             assoc._turn.release()
+
+    def _batch_limit(self) -> int:
+        """How many requests may wait to be stored together: MAX_BATCH, or as many as the peer may have
+        outstanding (we granted it, :func:`window.grant`). A peer allowed one (DCMTK's storescu, most
+        modalities) sends nothing more before the answer: looking for more was a system call per
+        object for nothing."""
+        if self._limit is None:
+            assoc = self.assoc
+            granted = window.grant(assoc.requestor).maximum_number_operations_invoked if assoc.is_acceptor else 0
+            self._limit = min(MAX_BATCH, granted) if granted else MAX_BATCH
+        return self._limit
 
     def _may_serve_here(self) -> bool:
         """Whether the association's thread serves messages, is not paused, has nothing queued, and its
@@ -655,3 +667,4 @@ def install(assoc) -> None:
     assoc.dimse.__class__ = StagingDIMSE
     assoc.dimse._templates = {}
     assoc.dimse._ready = []
+    assoc.dimse._limit = None

@@ -61,6 +61,9 @@ class Faults:
     abort_after: int | None = None  # abort each association after this many objects
 
 
+NO_FAULTS = Faults()
+
+
 def handle_store(event, archive: Archive, stats: Stats, events: EventLog, runner: CommandRunner,
                  faults: Faults, audit: AuditLog):
     """EVT_C_STORE: hand the staged file to the archive and answer with what happened."""
@@ -106,7 +109,7 @@ def handle_stores(batch: list, archive: Archive, stats: Stats, events: EventLog,
 def _batch_form(args):
     """:func:`handle_stores` for :func:`handle_store` bound with ``args``, or None: injected faults
     act on each object as it comes."""
-    return handle_stores if args is not None and args[4] == Faults() else None
+    return handle_stores if args is not None and args[4] == NO_FAULTS else None
 
 
 handle_store.batch_form = _batch_form  # how dimse.receive finds that this handler stores several at once
