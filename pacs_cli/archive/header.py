@@ -305,10 +305,7 @@ def _scan_dataset(data: bytes, pos: int, explicit: bool, wanted: dict[int, str],
         if tag in wanted:  # text by the dictionary (_wanted_tags): never a sequence in implicit VR
             if explicit and vr not in INDEX_TEXT_VR_BYTES:
                 raise _Unscannable
-            value = data[pos:end]
-            if end > len(data) or not value.isascii() or b"\x1b" in value:
-                raise _Unscannable  # as in _text
-            found[tag] = value.decode("ascii")
+            found[tag] = _text(data, pos, length)
         elif tag in PIXEL_TAGS:
             return found
         elif vr is None and _is_sequence(tag, vr, explicit):
@@ -333,9 +330,7 @@ def _value_start(data: bytes, pos: int, vr, short_length: int, explicit: bool) -
     """Where the value of the element at ``pos`` starts, and its length."""
     if not explicit:
         return pos + 8, _TAG_LENGTH.unpack_from(data, pos)[2]
-    if not (vr.isalpha() and vr.isupper()):
-        raise _Unscannable  # implicit VR where explicit was declared: pydicom sorts that out
-    if vr in LONG_LENGTH_VR_BYTES:
+    if (_EXPLICIT_HEADER.get(vr) or _explicit_header(vr)) == 12:
         return pos + 12, _LENGTH.unpack_from(data, pos + 8)[0]
     return pos + 8, short_length
 

@@ -881,16 +881,14 @@ class _StudyAddition:
     def __init__(self) -> None:
         self.series = self.instances = 0
         self.classes: set[str] = set()
-        self.stored_lists: tuple[str, str] | None = None
-        self.look_again = False  # an instance could not tell: the study's lists are read at settle()
+        self.stored_lists: tuple[str, str] | None = None  # None once an instance could not tell: read again
 
     def add(self, added: _Addition) -> None:
+        self.stored_lists = added.study_lists if not self.instances else self.stored_lists and added.study_lists
         self.series += added.new_series
         self.instances += 1
         if added.sop_class:
             self.classes.add(added.sop_class)
-        self.look_again = self.look_again or added.study_lists is None
-        self.stored_lists = None if self.look_again else added.study_lists
 
 
 class _LevelSQL(NamedTuple):

@@ -42,7 +42,6 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.utils import set_uid
 
 from pacs_cli.archive.header import SCAN_BYTES, StagedHead
-from pacs_cli.dimse import window
 from pacs_cli.dimse.encoding import element, text_value, ui_value
 from pacs_cli.dimse.responses import FastResponseDIMSE
 
@@ -471,13 +470,13 @@ class StagingDIMSE(FastResponseDIMSE):
 
     def _batch_limit(self) -> int:
         """How many requests may wait to be stored together: MAX_BATCH, or as many as the peer may have
-        outstanding (we granted it, :func:`window.grant`). A peer allowed one (DCMTK's storescu, most
-        modalities) sends nothing more before the answer: looking for more was a system call per
-        object for nothing."""
+        outstanding by our answer to its window proposal ((1, 1) without one). A peer allowed one
+        (DCMTK's storescu, most modalities) sends nothing more before the answer: looking for more
+        was a system call per object for nothing."""
         if self._limit is None:
             assoc = self.assoc
-            granted = window.grant(assoc.requestor).maximum_number_operations_invoked if assoc.is_acceptor else 0
-            self._limit = min(MAX_BATCH, granted) if granted else MAX_BATCH
+            invoked = assoc.acceptor.asynchronous_operations[0] if assoc.is_acceptor else 0
+            self._limit = min(MAX_BATCH, invoked) if invoked else MAX_BATCH
         return self._limit
 
     def _may_serve_here(self) -> bool:
