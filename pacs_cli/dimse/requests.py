@@ -106,9 +106,7 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
     fd = os.open(path, os.O_RDONLY)  # opened first: a file that cannot be opened sends nothing
     try:
         size = os.fstat(fd).st_size
-        scanned = getattr(primitive, "scanned_size", None)
-        if scanned is not None and size != scanned:
-            raise OSError(0, f"the file changed size since it was scanned ({scanned} -> {size} bytes)")
+        check_scanned_size(getattr(primitive, "scanned_size", None), size)
         pdus = [[(context_id, value)] for value in part_pdvs(command, limit)]
         try:
             for values in dataset_pdvs(fd, offset, size - offset, limit):
@@ -118,6 +116,13 @@ def send_file_request(dimse, primitive: C_STORE | FileRequest, context_id: int) 
             raise MessageCutShort(exc.errno, exc.strerror or str(exc)) from exc
     finally:
         os.close(fd)
+
+
+def check_scanned_size(scanned: int | None, size: int) -> None:
+    """A file must still be what was scanned (``scanned``: its size then, None: not scanned): a spool
+    writer may still be writing it."""
+    if scanned is not None and size != scanned:
+        raise OSError(0, f"the file changed size since it was scanned ({scanned} -> {size} bytes)")
 
 
 def part_pdvs(part: bytes, limit: int, kind: int = COMMAND) -> Iterator[bytes]:

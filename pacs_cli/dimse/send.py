@@ -887,10 +887,8 @@ def _finish(pending: collections.deque, item: Item, result: FileResult, emit: Em
 
 
 def _check_unchanged(item: Item) -> None:
-    """The file must still be what was scanned: a spool writer may still be writing it."""
-    stat = os.stat(item.path)
-    if stat.st_size != item.size:
-        raise OSError(0, f"the file changed size since it was scanned ({item.size} -> {stat.st_size} bytes)")
+    """A file sent decoded is checked by its path (one sent from disk, on the descriptor it is read through)."""
+    requests.check_scanned_size(item.size, os.stat(item.path).st_size)
 
 
 def _exception_text(exc: Exception) -> str:
